@@ -1,0 +1,368 @@
+"""A pool of worker processes that run queries, so that no program can hurt the daemon.
+
+Each worker is a separate Python process (spawned, not forked from the event loop) that
+takes one task at a time over a pipe. A worker that dies (segfault, kill -9, out of memory)
+fails only the task it held and is replaced. CPU time is bounded twice: a watchdog in the
+daemon kills a worker whose task used more than the limit (it also catches native jit code
+that never returns to Python), and RLIMIT_CPU in the worker is the backstop should the
+daemon itself stall. Cancelling a task kills its worker: a running program cannot be
+interrupted any other way, and a fresh process leaves no half-done state behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import multiprocessing
+import os
+import resource
+import signal
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+import psutil
+
+from stord.errors import (
+    BadRequest,
+    Cancelled,
+    EngineUnavailable,
+    LimitExceeded,
+    StordError,
+    WorkerCrashed,
+)
+from stord.server.log import Log
+
+WATCHDOG_PERIOD = 0.1  # seconds between CPU checks of busy workers
+
+
+class TaskFailed(StordError):
+    """An error raised in a worker, carried back by code and message."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# ---------------------------------------------------------------- inside a worker process
+
+class ProgramCache:
+    """Loaded programs by content hash of what the client sent (plus parameters)."""
+
+    def __init__(self, size: int = 64) -> None:
+        self.size = size
+        self.progs: OrderedDict[str, Any] = OrderedDict()
+        self.verified: set[str] = set()
+
+    def get(self, task: dict[str, Any]) -> Any:
+        key = _task_key(task)
+        prog = self.progs.get(key)
+        if prog is None:
+            prog = build_program(task)
+            self.progs[key] = prog
+            if len(self.progs) > self.size:
+                self.progs.popitem(last=False)
+        else:
+            self.progs.move_to_end(key)
+        return prog
+
+    def verify(self, prog: Any) -> None:
+        if prog.digest in self.verified:
+            return
+        try:
+            from stord.engines.kernel.engine import verify_program
+        except ImportError as e:
+            raise EngineUnavailable(
+                f"require_kernel_verifier is set but the kernel engine cannot be imported: {e}"
+            ) from e
+        verify_program(prog)
+        self.verified.add(prog.digest)
+
+
+def _task_key(task: dict[str, Any]) -> str:
+    h = hashlib.sha256()
+    h.update(task["kind"].encode())
+    obj = task["object"]
+    h.update(obj.encode() if isinstance(obj, str) else obj)
+    h.update(repr(sorted(task["params"].items())).encode())
+    h.update(repr(task.get("header")).encode())
+    return h.hexdigest()
+
+
+def build_program(task: dict[str, Any]) -> Any:
+    """The Program a task names: a built-in, an ELF object, or C source compiled here."""
+    kind, obj, params = task["kind"], task["object"], task["params"]
+    if kind == "builtin":
+        from stord.query.builtins import resolve
+        prog, _finish = resolve(obj, dict(params), task.get("header"))
+    else:
+        from stord.program.elf import load_object
+        if kind == "c":
+            from stord.program.toolchain import compile_c
+            obj = compile_c(obj)
+        prog = load_object(obj)
+        prog = prog.with_params(**params)
+    max_insns = task.get("max_insns")
+    if max_insns is not None and len(prog.insns) > max_insns:
+        raise LimitExceeded(f"program has {len(prog.insns)} instructions, "
+                            f"the limit is {max_insns}")
+    return prog
+
+
+def run_task(task: dict[str, Any], cache: ProgramCache) -> Any:
+    op = task["op"]
+    if op == "warm":
+        return os.getpid()
+    if op == "plan":
+        import mmap
+
+        from stord.query.executor import plan_ranges
+        with open(task["path"], "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size == 0:
+                return [(0, 0)]
+            with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as buf:
+                return [tuple(r) for r in plan_ranges(buf, task["parts"], task.get("quote", 0x22))]
+    if op == "query":
+        prog = cache.get(task)
+        if task.get("verify_kernel"):
+            cache.verify(prog)
+        from stord.query.executor import execute
+        return execute(prog, task["path"], engine=task["engine"], start=task["start"],
+                       end=task["end"], budget=task["budget"])
+    raise BadRequest(f"unknown worker operation {op!r}")
+
+
+def worker_main(conn: Connection, cpu_limit: float) -> None:
+    """Entry point of a worker process: serve tasks until the pipe closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # ^C goes to the daemon, which stops us
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    from stord.server.checkout import ensure_client_importable
+    ensure_client_importable()
+    cache = ProgramCache()
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        _arm_cpu_limit(cpu_limit)
+        try:
+            reply: tuple[Any, ...] = ("ok", run_task(task, cache))
+        except StordError as e:
+            reply = ("err", e.code, str(e))
+        except MemoryError:
+            reply = ("err", LimitExceeded.code, "the query ran out of memory")
+        except RecursionError:
+            reply = ("err", LimitExceeded.code, "the query nested too deeply")
+        except Exception as e:  # a bug in stord: report it on one line, keep the worker
+            reply = ("err", "internal_error", f"internal error: {type(e).__name__}: {e}")
+        try:
+            conn.send(reply)
+        except (OSError, ValueError) as e:
+            conn.send(("err", "internal_error", f"result cannot be sent: {e}"))
+
+
+def _arm_cpu_limit(limit: float) -> None:
+    # Soft RLIMIT_CPU counts the whole process's CPU time: move it forward for each task.
+    # SIGXCPU's default action ends the process; the daemon then reports the limit.
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    soft = math.ceil(ru.ru_utime + ru.ru_stime + limit) + 2  # the watchdog acts first
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+
+# ---------------------------------------------------------------- in the daemon
+
+@dataclass(eq=False)
+class Worker:
+    proc: Any                         # multiprocessing.Process
+    conn: Connection
+    ps: psutil.Process | None
+    busy: bool = False
+    cpu_start: float = 0.0
+    kill_reason: str | None = None    # "cpu", "cancel", "shutdown" when the daemon killed it
+    tasks: int = 0
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def cpu_time(self) -> float:
+        if self.ps is None:
+            return 0.0
+        try:
+            t = self.ps.cpu_times()
+            return t.user + t.system
+        except psutil.Error:
+            return 0.0
+
+    def kill(self, reason: str) -> None:
+        if self.kill_reason is None:
+            self.kill_reason = reason
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@dataclass(eq=False)
+class Owner:
+    """Who holds workers: a query; cancel() kills every worker running its tasks."""
+
+    workers: set[Worker] = field(default_factory=set)
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        for w in list(self.workers):
+            w.kill("cancel")
+
+
+class WorkerPool:
+    def __init__(self, size: int, cpu_limit: float, log: Log) -> None:
+        self.size = size
+        self.cpu_limit = cpu_limit
+        self.log = log
+        self.ctx = multiprocessing.get_context("spawn")
+        self.all: set[Worker] = set()
+        self.idle: asyncio.Queue[Worker] = asyncio.Queue()
+        self.threads = ThreadPoolExecutor(max_workers=size + 4, thread_name_prefix="worker-io")
+        self.restarts = 0
+        self.closing = False
+        self._watchdog: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        for _ in range(self.size):
+            self.idle.put_nowait(self._spawn())
+        self._watchdog = asyncio.get_running_loop().create_task(self._watch())
+        # Warm every worker up (imports done) before the daemon says it is listening.
+        await asyncio.gather(*(self.run({"op": "warm"}) for _ in range(self.size)))
+
+    def _spawn(self) -> Worker:
+        parent, child = self.ctx.Pipe(duplex=True)
+        proc = self.ctx.Process(target=worker_main, args=(child, self.cpu_limit),
+                                name="stord-worker", daemon=True)
+        proc.start()
+        child.close()  # so that recv() sees EOF when the worker dies
+        try:
+            ps: psutil.Process | None = psutil.Process(proc.pid)
+        except psutil.Error:
+            ps = None
+        w = Worker(proc, parent, ps)
+        self.all.add(w)
+        return w
+
+    def _retire(self, w: Worker) -> None:
+        self.all.discard(w)
+        w.conn.close()
+        w.proc.join(timeout=1)
+        if not self.closing:
+            self.restarts += 1
+            self.idle.put_nowait(self._spawn())
+
+    async def run(self, task: dict[str, Any], owner: Owner | None = None) -> Any:
+        """Run one task on an idle worker; raise the task's error or the worker's death."""
+        loop = asyncio.get_running_loop()
+        while True:
+            w = await self.idle.get()
+            if w.proc.is_alive():
+                break
+            self._retire(w)
+        if owner is not None:
+            if owner.cancelled:
+                self.idle.put_nowait(w)
+                raise Cancelled("query cancelled")
+            owner.workers.add(w)
+        w.busy, w.kill_reason, w.cpu_start = True, None, w.cpu_time()
+        w.tasks += 1
+        fut = loop.run_in_executor(self.threads, _roundtrip, w.conn, task)
+        try:
+            reply = await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            # The caller gave up (cancel, deadline, disconnect): the worker may be mid-program.
+            w.kill("cancel")
+            await asyncio.wait([fut])
+            w.busy = False
+            if owner is not None:
+                owner.workers.discard(w)
+            self._retire(w)
+            raise
+        except (EOFError, OSError, BrokenPipeError):
+            w.busy = False
+            if owner is not None:
+                owner.workers.discard(w)
+            w.proc.join(timeout=2)
+            err = self._death(w)
+            self.log.warning("worker_died", pid=w.pid, exitcode=w.proc.exitcode,
+                             reason=w.kill_reason or "crash")
+            self._retire(w)
+            raise err from None
+        w.busy = False
+        if owner is not None:
+            owner.workers.discard(w)
+        self.idle.put_nowait(w)
+        if reply[0] == "ok":
+            return reply[1]
+        raise TaskFailed(reply[1], reply[2])
+
+    def _death(self, w: Worker) -> StordError:
+        code = w.proc.exitcode
+        if w.kill_reason == "cpu" or code == -signal.SIGXCPU:
+            return LimitExceeded(f"the query used more than its CPU time limit of "
+                                 f"{self.cpu_limit:g} s and was stopped")
+        if w.kill_reason == "cancel":
+            return Cancelled("query cancelled")
+        if w.kill_reason == "shutdown":
+            return Cancelled("the daemon is shutting down")
+        how = f"signal {signal.Signals(-code).name}" if code and code < 0 else f"exit code {code}"
+        return WorkerCrashed(f"worker process {w.pid} died ({how}) while running this query; "
+                             f"it has been replaced")
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(WATCHDOG_PERIOD)
+            for w in list(self.all):
+                if w.busy and w.kill_reason is None:
+                    if w.cpu_time() - w.cpu_start > self.cpu_limit:
+                        self.log.warning("cpu_limit", pid=w.pid, limit=self.cpu_limit)
+                        w.kill("cpu")
+
+    def pids(self) -> list[int]:
+        return [w.pid for w in self.all]
+
+    def busy_count(self) -> int:
+        return sum(w.busy for w in self.all)
+
+    async def close(self) -> None:
+        self.closing = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        for w in list(self.all):
+            if w.busy:
+                w.kill("shutdown")
+            else:
+                try:
+                    w.conn.send(None)
+                except OSError:
+                    w.kill("shutdown")
+        deadline = time.monotonic() + 3
+        for w in list(self.all):
+            w.proc.join(timeout=max(0.0, deadline - time.monotonic()))
+            if w.proc.is_alive():
+                w.kill("shutdown")
+                w.proc.join(timeout=1)
+            w.conn.close()
+        self.threads.shutdown(wait=False, cancel_futures=True)
+
+
+def _roundtrip(conn: Connection, task: dict[str, Any]) -> Any:
+    conn.send(task)
+    return conn.recv()
