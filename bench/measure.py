@@ -1,0 +1,74 @@
+"""Timing records: best and median of N runs, throughput, and a check against the exact answer."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# Averages are compared to the exact one (integer hundredths) with this relative tolerance:
+# float summation over millions of rows drifts in the last digits, a parse error does not.
+REL_TOL = 1e-9
+
+
+@dataclass
+class Throughput:
+    name: str
+    nbytes: int
+    times: list[float] = field(default_factory=list)
+    value: float | None = None
+    expected: float | None = None
+    note: str = ""
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error and self.value is not None and self.correct
+
+    @property
+    def correct(self) -> bool:
+        if self.value is None or self.expected is None:
+            return False
+        return abs(self.value - self.expected) <= REL_TOL * max(1.0, abs(self.expected))
+
+    @property
+    def best(self) -> float | None:
+        return min(self.times) if self.times else None
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(self.times) if self.times else None
+
+    def mbps(self, t: float | None) -> float | None:
+        return self.nbytes / 1e6 / t if t else None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(ok=self.ok, correct=self.correct, best_s=self.best, median_s=self.median,
+                 mbps_best=self.mbps(self.best), mbps_median=self.mbps(self.median))
+        return d
+
+
+def time_runs(rec: Throughput, fn: Callable[[], float], runs: int) -> Throughput:
+    """Call fn `runs` times; keep every wall time and the last value. Errors end the series."""
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        try:
+            value = fn()
+        except Exception as e:  # noqa: BLE001 - a failing competitor is reported, not fatal
+            rec.error = f"{type(e).__name__}: {e}".splitlines()[0]
+            break
+        rec.times.append(time.perf_counter() - t0)
+        rec.value = float(value)
+    if rec.value is not None and not rec.correct and not rec.error:
+        rec.error = f"wrong result {rec.value!r}, expected {rec.expected!r}"
+    return rec
+
+
+def percentile(xs: list[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100) of a non-empty list."""
+    s = sorted(xs)
+    k = max(0, min(len(s) - 1, int(round(p / 100 * len(s) + 0.5)) - 1))
+    return s[k]
