@@ -1,0 +1,448 @@
+"""The kernel engine: programs verified by the stock Linux verifier and run by the kernel.
+
+A program is loaded as a BPF_PROG_TYPE_XDP program over bpf(2) (BTF, then maps with their
+initial contents, .rodata frozen so the verifier sees parameters as constants, then the
+program with its map immediates relocated to fds) and run once per chunk with
+BPF_PROG_TEST_RUN: data_in = struct stord_meta + chunk, ctx_in = struct xdp_md with
+data = 16 (the metadata in front of the data), data_end = 16 + len.
+
+Why our own ctypes layer (bpf.py) and not a library: the programs arrive already linked
+and relocated as a `Program` (parameters patched into .rodata by `with_params`), so we need
+the low-level commands, not an ELF object loader. On PyPI, pylibbpf (0.0.x, a pybind11
+wheel) wraps libbpf's object API (open an ELF file by path, load it whole): it would bypass
+our Program and its parameters, and has no test-run call. bcc (python3-bpfcc) compiles C
+and needs kernel headers. Debian's libbpf1 through ctypes would need the same attribute
+structs (as libbpf's *_opts) plus a system library; the bpf(2) ABI is stable and small,
+so ~200 lines of ctypes cover it with nothing to install.
+
+Kernel rules that shape the run (net/bpf/test_run.c, bpf_prog_test_run_xdp):
+- at most PAGE_SIZE - headroom - tailroom = 3536 bytes of linear data including the
+  16-byte metadata on x86-64: `chunk_size` is 3520, and longer chunks are run in pieces;
+  bytes past that would silently go to fragments the program cannot see through
+  ctx->data_end;
+- data_size_in - metadata must be >= ETH_HLEN (14): a shorter (or empty) chunk is padded
+  with zeros that stay outside ctx->data_end (data_end may be below data_size_in; the
+  padding becomes an XDP fragment, reachable only through bpf_xdp_load_bytes, which in the
+  userspace engines faults instead);
+- the run happens on the calling CPU: per-CPU maps are read on the CPU the instance pins
+  its runs to, so they behave as their plain kind on one CPU, as in the interp engine.
+
+`budget` does not apply: the verifier proves termination. The "conformance" helper set
+runs only programs without helper calls (the kernel's helper ids are Linux's); for those
+`call(mem)` puts mem in the packet behind a bounds-checking prologue (see `_conformance`).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import struct
+from typing import ClassVar
+
+from stord.engines.base import DEFAULT_BUDGET, META_SIZE, Engine, Instance
+from stord.engines.kernel import bpf
+from stord.engines.kernel.btfload import BtfFormatError, KernelBtf, func_info, kernel_btf
+from stord.errors import (
+    EngineUnavailable,
+    LimitExceeded,
+    LoadError,
+    ProgramFault,
+    ValidationError,
+    VerifierError,
+)
+from stord.program.isa import ADD as ALU_ADD
+from stord.program.isa import (
+    ALU64,
+    CALL_OP,
+    DW,
+    EXIT_OP,
+    JA,
+    JGT,
+    JMP,
+    LDDW,
+    LDX,
+    MEM,
+    MOV,
+    PSEUDO_CALL,
+    PSEUDO_MAP_FD,
+    PSEUDO_MAP_VALUE,
+    RSH,
+    Insn,
+    K,
+    W,
+    X,
+    encode,
+)
+from stord.program.model import MAP_PERCPU_ARRAY, MAP_PERCPU_HASH, MapDef, Program
+from stord.query.state import State
+
+STORD_LAST = 1
+ETH_HLEN = 14
+LINEAR_MAX = 3536          # PAGE_SIZE - (XDP_PACKET_HEADROOM - 16) - tailroom(320), x86-64
+CONFORMANCE_MEM = 1024     # the packet size a conformance program's r1 may reach
+TAIL_LINES = 12            # verifier log lines kept in a VerifierError message
+
+_PERCPU = (MAP_PERCPU_ARRAY, MAP_PERCPU_HASH)
+_STATS = re.compile(r"^(processed \d+ insns|verification time|stack depth|mark_read|"
+                    r"peak_states|max_states_per_insn)")
+
+
+class _Objects:
+    """Every kernel object (fd) one load made; close() releases them all, once."""
+
+    def __init__(self) -> None:
+        self.btf_fd = -1
+        self.map_fds: list[int] = []
+        self.prog_fds: list[int] = []
+
+    def close(self) -> None:
+        for fd in [*self.prog_fds, *self.map_fds, self.btf_fd]:
+            if fd >= 0:
+                bpf.close_fd(fd)
+        self.prog_fds, self.map_fds, self.btf_fd = [], [], -1
+
+
+def _verifier_error(prog: Program, e: bpf.LoadFailed) -> VerifierError:
+    lines = [ln for ln in e.log.splitlines() if ln.strip()]
+    meaningful = [ln for ln in lines if not _STATS.match(ln)]
+    tail = meaningful[-TAIL_LINES:]
+    head = tail[-1] if tail else os.strerror(e.errno or 0)
+    msg = f"kernel verifier rejected {prog.name!r} ({errno.errorcode.get(e.errno or 0, '?')}): " \
+          f"{head}"
+    if len(tail) > 1:
+        msg += "\n" + "\n".join(tail)
+    err = VerifierError(msg)
+    err.log = e.log  # type: ignore[attr-defined]  # the whole log for `stord verify`
+    return err
+
+
+def _pad(value: bytes, size: int) -> bytes:
+    return value[:size].ljust(size, b"\0")
+
+
+class _Loader:
+    """Creates BTF, maps and programs for one Program; on any failure closes what it made."""
+
+    def __init__(self, prog: Program) -> None:
+        self.prog = prog
+        self.objs = _Objects()
+        self.ncpus = bpf.possible_cpus()
+        self.kbtf: KernelBtf | None = None
+        self.btf_note = ""   # why the program runs without BTF, if it does
+
+    def load_btf(self) -> None:
+        try:
+            self.kbtf = kernel_btf(self.prog.elf)
+        except (BtfFormatError, ValueError) as e:
+            self.btf_note = f"BTF not usable: {e}"
+            return
+        if self.kbtf is None:
+            self.btf_note = "object has no .BTF"
+            return
+        try:
+            self.objs.btf_fd = bpf.btf_load(self.kbtf.raw)
+        except bpf.LoadFailed as e:
+            # as libbpf: BTF is optional unless a feature needs it (then PROG_LOAD says so)
+            self.btf_note = f"kernel refused BTF: {e}: {e.log.strip()[-200:]}"
+            self.kbtf = None
+
+    def value_slot(self, m: MapDef) -> int:
+        return (m.value_size + 7) // 8 * 8
+
+    def lookup_size(self, m: MapDef) -> int:
+        return self.value_slot(m) * self.ncpus if m.type in _PERCPU else m.value_size
+
+    def create_maps(self) -> None:
+        for m in self.prog.maps:
+            flags = m.flags | (bpf.F_RDONLY_PROG if m.readonly else 0)
+            kid, vid = m.key_type_id, m.value_type_id
+            if m.is_global_data and self.kbtf is not None:
+                kid, vid = 0, self.kbtf.datasec_ids.get(m.name, vid)
+            fd = -1
+            if self.objs.btf_fd >= 0 and vid:
+                try:
+                    fd = bpf.map_create(m.type, m.key_size, m.value_size, m.max_entries,
+                                        flags=flags, name=m.name, btf_fd=self.objs.btf_fd,
+                                        btf_key_type_id=kid, btf_value_type_id=vid)
+                except bpf.BpfError:
+                    fd = -1   # as libbpf: retry without BTF types
+            if fd < 0:
+                try:
+                    fd = bpf.map_create(m.type, m.key_size, m.value_size, m.max_entries,
+                                        flags=flags, name=m.name)
+                except bpf.BpfError as e:
+                    raise LoadError(f"map {m.name!r} (type {m.type}, key {m.key_size}, "
+                                    f"value {m.value_size}, {m.max_entries} entries): "
+                                    f"{e.strerror}") from None
+            self.objs.map_fds.append(fd)
+            try:
+                if m.initial is not None:
+                    value = _pad(m.initial, m.value_size)
+                    if m.type in _PERCPU:
+                        value = _pad(value, self.value_slot(m)) * self.ncpus
+                    bpf.map_update(fd, bytes(4), value)
+                if m.readonly:
+                    bpf.map_freeze(fd)
+            except bpf.BpfError as e:
+                raise LoadError(f"map {m.name!r}: setting its contents: {e.strerror}") from None
+
+    def relocated(self, insns: list[Insn]) -> bytes:
+        out = list(insns)
+        nmaps = len(self.objs.map_fds)
+        for i, ins in enumerate(out):
+            if ins.op == LDDW and ins.src in (PSEUDO_MAP_FD, PSEUDO_MAP_VALUE):
+                if not 0 <= ins.imm < nmaps:
+                    raise LoadError(f"instruction {i}: map index {ins.imm} out of range")
+                out[i] = ins._replace(imm=self.objs.map_fds[ins.imm])
+        return encode(out)
+
+    def load_prog(self, insns: list[Insn], *, log_level: int) -> tuple[int, str]:
+        """(fd, log); a verifier rejection becomes VerifierError with the log's tail."""
+        fi = None
+        if self.kbtf is not None and self.objs.btf_fd >= 0:
+            fi = func_info(self.prog.name, insns, self.kbtf)
+        code = self.relocated(insns)
+        try:
+            fd, log = bpf.prog_load(code, self.prog.license, name=self.prog.name,
+                                    log_level=log_level, btf_fd=max(self.objs.btf_fd, 0),
+                                    func_info=fi)
+        except bpf.LoadFailed as e:
+            if e.errno == errno.EPERM:
+                raise EngineUnavailable(f"kernel refused BPF_PROG_LOAD: {e}") from None
+            if not e.log and log_level == 0:
+                # load again with a log to tell the client why
+                return self.load_prog(insns, log_level=bpf.LOG_LEVEL1)
+            if self.btf_note and "func_info" in e.log:
+                e.log += f"\n({self.btf_note})"
+            raise _verifier_error(self.prog, e) from None
+        self.objs.prog_fds.append(fd)
+        return fd, log
+
+    def close(self) -> None:
+        self.objs.close()
+
+
+def _check_helpers(prog: Program, helpers: str) -> None:
+    if helpers == "linux":
+        return
+    if helpers != "conformance":
+        raise ValidationError(f"unknown helper set {helpers!r}")
+    for i, ins in enumerate(prog.insns):
+        if ins.op == CALL_OP and ins.src != PSEUDO_CALL:
+            raise ValidationError(f"instruction {i}: helper {ins.imm} of the conformance set "
+                                  "does not exist in the kernel engine")
+
+
+class KernelInstance(Instance):
+    def __init__(self, prog: Program, helpers: str) -> None:
+        self.prog = prog
+        self._loader = _Loader(prog)
+        self._closed = False
+        self._cpu: int | None = None
+        self._conf_fds: tuple[int, int | None] | None = None
+        try:
+            ld = self._loader
+            ld.load_btf()
+            ld.create_maps()
+            if helpers == "conformance":
+                lo, _ = ld.load_prog(_conformance(prog.insns, high=False), log_level=0)
+                hi = None
+                if _exits_rewritable(prog.insns):
+                    hi, _ = ld.load_prog(_conformance(prog.insns, high=True), log_level=0)
+                self._conf_fds = (lo, hi)
+                self._fd = lo
+            else:
+                self._fd, _ = ld.load_prog(prog.insns, log_level=0)
+        except BaseException:
+            self.close()
+            raise
+        if any(m.type in _PERCPU for m in prog.maps):
+            allowed = sorted(os.sched_getaffinity(0))
+            self._cpu = allowed[0]
+
+    # -- running -----------------------------------------------------------------------
+    def _test_run(self, fd: int, payload: bytes, data_len: int) -> int:
+        """payload = metadata + data (+ padding); the program sees data_len bytes of data."""
+        if len(payload) - META_SIZE < ETH_HLEN:
+            payload = payload.ljust(META_SIZE + ETH_HLEN, b"\0")
+        ctx = bpf.XdpMd(data=META_SIZE, data_end=META_SIZE + data_len, data_meta=0)
+        saved = None
+        if self._cpu is not None:
+            saved = os.sched_getaffinity(0)
+            os.sched_setaffinity(0, {self._cpu})
+        try:
+            return bpf.test_run(fd, payload, ctx)
+        except bpf.BpfError as e:
+            raise ProgramFault(f"BPF_PROG_TEST_RUN failed: {e.strerror}") from None
+        finally:
+            if saved is not None:
+                os.sched_setaffinity(0, saved)
+
+    def run_chunk(self, data: bytes | memoryview, offset: int, last: bool) -> int:
+        self._check_open()
+        data = bytes(data)
+        step = KernelEngine.chunk_size
+        verdict = None
+        pos = 0
+        while True:   # longer chunks run in pieces: the program sees at most `step` bytes
+            piece = data[pos:pos + step]
+            final = pos + step >= len(data)
+            meta = struct.pack("<QII", offset + pos, STORD_LAST if (last and final) else 0, 0)
+            r = self._test_run(self._fd, meta + piece, len(piece))
+            verdict = r if verdict is None or r == 0 else verdict
+            if final:
+                return verdict
+            pos += step
+
+    def call(self, mem: bytearray | None) -> int:
+        self._check_open()
+        if self._conf_fds is None:
+            raise ValidationError("call() needs an instance loaded with helpers='conformance'")
+        raw = bytes(mem or b"")
+        if len(raw) > CONFORMANCE_MEM:
+            raise LimitExceeded(f"conformance memory is at most {CONFORMANCE_MEM} bytes")
+        meta = struct.pack("<QII", len(raw), 0, 0)
+        payload = meta + raw.ljust(CONFORMANCE_MEM, b"\0")
+        lo_fd, hi_fd = self._conf_fds
+        lo = self._test_run(lo_fd, payload, CONFORMANCE_MEM)
+        if hi_fd is None:
+            return lo
+        hi = self._test_run(hi_fd, payload, CONFORMANCE_MEM)
+        return (hi << 32) | lo
+
+    # -- state -------------------------------------------------------------------------
+    def _value(self, m: MapDef, raw: bytes) -> bytes:
+        if m.type not in _PERCPU:
+            return raw[:m.value_size]
+        slot = self._loader.value_slot(m)
+        cpu = self._cpu or 0
+        return raw[cpu * slot:cpu * slot + m.value_size]
+
+    def read_state(self) -> State:
+        self._check_open()
+        state = State()
+        for m, fd in zip(self.prog.maps, self._loader.objs.map_fds, strict=True):
+            size = self._loader.lookup_size(m)
+            try:
+                if m.is_global_data:
+                    if not m.readonly:
+                        raw = bpf.map_lookup(fd, bytes(4), size)
+                        state.globals[m.name] = self._value(m, raw or bytes(size))
+                    continue
+                entries: dict[bytes, bytes] = {}
+                for key in bpf.map_keys(fd, m.key_size):
+                    raw = bpf.map_lookup(fd, key, size)
+                    if raw is not None:
+                        entries[key] = self._value(m, raw)
+                state.maps[m.name] = entries
+            except bpf.BpfError as e:
+                raise ProgramFault(f"reading map {m.name!r}: {e.strerror}") from None
+        return state
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ProgramFault("kernel instance used after close()")
+
+    def close(self) -> None:
+        self._closed = True
+        self._loader.close()
+
+
+def _exits_rewritable(insns: list[Insn]) -> bool:
+    """The high half of r0 needs a second program whose exits shift r0; only done for
+    programs without subprograms (their exits would have to stay)."""
+    return not any((i.op == CALL_OP and i.src == PSEUDO_CALL) or
+                   (i.op == LDDW and i.src == 4) for i in insns) and len(insns) < 30000
+
+
+def _conformance(insns: list[Insn], *, high: bool) -> list[Insn]:
+    """Wrap a conformance program: r1 = the packet (CONFORMANCE_MEM bytes, bounds checked
+    so the verifier allows r1-relative access), r2 = len(mem) (from the metadata), r0 and
+    r3-r5 zeroed. With `high`, every exit becomes a jump to `r0 >>= 32; exit`."""
+    ldx_w = LDX | MEM | W
+    pro = [
+        Insn(ldx_w, 2, 1, 8),                       # r2 = ctx->data_meta
+        Insn(ldx_w, 3, 1, 0),                       # r3 = ctx->data
+        Insn(ldx_w, 4, 1, 4),                       # r4 = ctx->data_end
+        Insn(ALU64 | MOV | X, 5, 2),                # r5 = r2
+        Insn(ALU64 | ALU_ADD | K, 5, 0, 0, 8),      # r5 += 8
+        Insn(JMP | JGT | X, 5, 3, 10),              # if r5 > r3 goto fail
+        Insn(ALU64 | MOV | X, 5, 3),                # r5 = r3
+        Insn(ALU64 | ALU_ADD | K, 5, 0, 0, CONFORMANCE_MEM),
+        Insn(JMP | JGT | X, 5, 4, 7),               # if r5 > r4 goto fail
+        Insn(LDX | MEM | DW, 2, 2, 0),              # r2 = meta.offset (= len(mem))
+        Insn(ALU64 | MOV | X, 1, 3),                # r1 = data
+        Insn(ALU64 | MOV | K, 0, 0, 0, 0),
+        Insn(ALU64 | MOV | K, 3, 0, 0, 0),
+        Insn(ALU64 | MOV | K, 4, 0, 0, 0),
+        Insn(ALU64 | MOV | K, 5, 0, 0, 0),
+        Insn(JMP | JA, 0, 0, 2),                    # goto body
+        Insn(ALU64 | MOV | K, 0, 0, 0, 0),          # fail: r0 = 0
+        Insn(EXIT_OP),
+    ]
+    body = list(insns)
+    if high:
+        end = len(body)
+        for i, ins in enumerate(body):
+            if ins.op == EXIT_OP:
+                body[i] = Insn(JMP | JA, 0, 0, end - i - 1)
+        body += [Insn(ALU64 | RSH | K, 0, 0, 0, 32), Insn(EXIT_OP)]
+    return pro + body
+
+
+class KernelEngine(Engine):
+    name = "kernel"
+    # data bytes per BPF_PROG_TEST_RUN: the kernel's linear XDP data less the metadata
+    chunk_size: ClassVar[int] = LINEAR_MAX - META_SIZE
+    _probe_result: ClassVar[tuple[str | None] | None] = None
+
+    @classmethod
+    def probe(cls) -> str | None:
+        """None when a trivial XDP program loads and test-runs here, else why not."""
+        if cls._probe_result is None:
+            cls._probe_result = (_probe(),)
+        return cls._probe_result[0]
+
+    def load(self, prog: Program, *, budget: int = DEFAULT_BUDGET,
+             helpers: str = "linux") -> KernelInstance:
+        _check_helpers(prog, helpers)
+        return KernelInstance(prog, helpers)
+
+
+def _probe() -> str | None:
+    code = encode([Insn(ALU64 | MOV | K, 0, 0, 0, 2), Insn(EXIT_OP)])
+    try:
+        fd, _ = bpf.prog_load(code, "GPL", name="stord_probe")
+    except bpf.LoadFailed as e:
+        return f"cannot load an XDP program: {errno.errorcode.get(e.errno or 0, '?')} " \
+               f"({os.strerror(e.errno or 0)})"
+    except OSError as e:
+        return f"bpf(2) unavailable: {e}"
+    try:
+        ctx = bpf.XdpMd(data=META_SIZE, data_end=META_SIZE)
+        r = bpf.test_run(fd, bytes(META_SIZE + ETH_HLEN), ctx)
+        if r != 2:
+            return f"BPF_PROG_TEST_RUN returned {r}, expected 2"
+    except bpf.BpfError as e:
+        return f"BPF_PROG_TEST_RUN failed: {errno.errorcode.get(e.errno or 0, '?')} " \
+               f"({e.strerror})"
+    finally:
+        bpf.close_fd(fd)
+    return None
+
+
+def verify_program(prog: Program) -> str:
+    """Load `prog` through the kernel verifier and release it: the verifier's log
+    (instructions explored and statistics), or VerifierError with its tail."""
+    ld = _Loader(prog)
+    try:
+        ld.load_btf()
+        ld.create_maps()
+        _, log = ld.load_prog(prog.insns, log_level=bpf.LOG_LEVEL1 | bpf.LOG_STATS)
+        if ld.btf_note:
+            log += f"\n({ld.btf_note})\n"
+        return log
+    finally:
+        ld.close()
+
