@@ -1,0 +1,172 @@
+"""LLVM IR -> optimised native object -> loaded code, with an in-process and an on-disk cache.
+
+The cache key is the program digest (bytecode, maps, initial data including the .rodata
+parameters) plus the helper set, the translator version, the LLVM version and the host CPU,
+because the object is compiled for this CPU. Objects are position independent of any
+instance: everything instance-specific is reached through the Env pointer at run time, so one
+compiled object serves every instance of a program.
+
+On-disk cache: $STORD_JIT_CACHE, else $XDG_CACHE_HOME/stord/jit, else ~/.cache/stord/jit;
+set STORD_JIT_CACHE=off to disable it. Files are written atomically (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import hashlib
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import llvmlite
+import llvmlite.binding as llvm
+
+from stord.engines.jit.translate import ENTRY_NAME, ModuleTranslator
+from stord.errors import CompileError
+from stord.program.model import Program
+
+# Bump when translate.py/runtime.py change what they emit, to invalidate disk caches.
+TRANSLATOR_VERSION = "1"
+
+ENTRY_TYPE = ctypes.CFUNCTYPE(ctypes.c_uint64, ctypes.c_void_p, ctypes.c_uint64,
+                              ctypes.c_uint64)
+
+
+@dataclass
+class Compiled:
+    key: str
+    entry: ctypes._CFuncPtr        # i64 stord_entry(env*, r1, r2)
+    engine: llvm.ExecutionEngine   # keeps the code mapped
+    seconds: float                 # translate + optimise + emit (0 when loaded from disk)
+    source: str                    # "compiled", "disk" or "memory"
+
+
+_lock = threading.Lock()
+_machine: llvm.TargetMachine | None = None
+_memory: dict[str, Compiled] = {}
+
+
+def target_machine() -> llvm.TargetMachine:
+    global _machine
+    if _machine is None:
+        llvm.initialize_native_target()
+        llvm.initialize_native_asmprinter()
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        # symbols the emitted code may call (memcpy/memset for variable sizes, ktime)
+        for name in ("memcpy", "memmove", "memset", "clock_gettime"):
+            llvm.add_symbol(name, ctypes.cast(getattr(libc, name), ctypes.c_void_p).value)
+        target = llvm.Target.from_default_triple()
+        _machine = target.create_target_machine(
+            cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(),
+            opt=3, reloc="static", codemodel="jitdefault")
+    return _machine
+
+
+def cache_key(prog: Program, helpers: str) -> str:
+    tm = target_machine()
+    h = hashlib.sha256()
+    for part in (prog.digest, helpers, TRANSLATOR_VERSION, llvmlite.__version__,
+                 str(llvm.llvm_version_info), tm.triple, llvm.get_host_cpu_name(),
+                 llvm.get_host_cpu_features().flatten()):
+        h.update(part.encode() + b"\0")
+    return h.hexdigest()
+
+
+def cache_dir() -> Path | None:
+    env = os.environ.get("STORD_JIT_CACHE")
+    if env == "off":
+        return None
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "stord" / "jit"
+
+
+def build_ir(prog: Program, helpers: str) -> str:
+    return str(ModuleTranslator(prog, helpers).build())
+
+
+def optimise(ir_text: str) -> llvm.ModuleRef:
+    tm = target_machine()
+    try:
+        mod = llvm.parse_assembly(ir_text)
+        mod.verify()
+    except RuntimeError as e:
+        raise CompileError(f"jit: LLVM rejected the translated program: {e}") from e
+    mod.triple = tm.triple
+    mod.data_layout = str(tm.target_data)
+    pto = llvm.create_pipeline_tuning_options(speed_level=3)
+    pb = llvm.create_pass_builder(tm, pto)
+    pb.getModulePassManager().run(mod, pb)
+    return mod
+
+
+def compile_object(prog: Program, helpers: str) -> bytes:
+    return target_machine().emit_object(optimise(build_ir(prog, helpers)))
+
+
+def _load(key: str, obj: bytes, seconds: float, source: str) -> Compiled:
+    tm = target_machine()
+    engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), tm)
+    engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+    engine.finalize_object()
+    addr = engine.get_function_address(ENTRY_NAME)
+    if not addr:
+        raise CompileError("jit: compiled object has no entry point")
+    return Compiled(key, ENTRY_TYPE(addr), engine, seconds, source)
+
+
+def _disk_read(key: str) -> bytes | None:
+    d = cache_dir()
+    if d is None:
+        return None
+    try:
+        return (d / f"{key}.o").read_bytes()
+    except OSError:
+        return None
+
+
+def _disk_write(key: str, obj: bytes) -> None:
+    d = cache_dir()
+    if d is None:
+        return
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(obj)
+        os.replace(tmp, d / f"{key}.o")
+    except OSError:
+        pass  # a read-only or full cache directory only costs a recompile
+
+
+def get_compiled(prog: Program, helpers: str) -> Compiled:
+    """The native code of `prog`: from memory, from disk, or compiled now."""
+    key = cache_key(prog, helpers)
+    with _lock:
+        hit = _memory.get(key)
+        if hit is not None:
+            return Compiled(hit.key, hit.entry, hit.engine, 0.0, "memory")
+        obj = _disk_read(key)
+        if obj is not None:
+            try:
+                c = _load(key, obj, 0.0, "disk")
+            except (RuntimeError, CompileError):
+                obj = None   # a damaged cache file: compile again below
+        if obj is None:
+            t0 = time.perf_counter()
+            obj = compile_object(prog, helpers)
+            seconds = time.perf_counter() - t0
+            c = _load(key, obj, seconds, "compiled")
+            _disk_write(key, obj)
+        _memory[key] = c
+        return c
+
+
+def clear_memory_cache() -> None:
+    with _lock:
+        _memory.clear()

@@ -1,0 +1,636 @@
+"""eBPF -> LLVM IR: one LLVM function per subprogram, registers as allocas, every access checked.
+
+Registers hold the same *virtual* addresses as in the interp engine (stord.engines.base), so
+pointer values, comparisons and faults agree between the engines. A load or store turns a
+virtual address into a host pointer by range checks against each region (stack, maps, data,
+then ctx/meta/conformance memory out of line); a failed check stores a status into the Env
+block (layout.py) and returns, so errors come back through memory, never by crashing.
+Constant addresses (globals, .rodata) fold at compile time: .rodata is a constant global
+holding the parameter values, so reading a parameter costs nothing at run time.
+
+Arithmetic follows RFC 9669 with no LLVM undefined behaviour: divisors are replaced before
+udiv/sdiv (x/0 = 0, x%0 = x, INT_MIN/-1 = INT_MIN, INT_MIN%-1 = 0), shift amounts are
+masked, and no nsw/nuw flags are emitted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llvmlite import ir
+
+from stord.engines import base
+from stord.engines.jit import layout as L
+from stord.errors import CompileError
+from stord.program import isa
+from stord.program.model import MAP_HASH, MAP_PERCPU_HASH, Program
+
+I1, I8, I16, I32, I64 = (ir.IntType(n) for n in (1, 8, 16, 32, 64))
+PTR = ir.PointerType()
+VOID = ir.VoidType()
+RET = ir.LiteralStructType([I64] * 6)   # a subprogram returns r0..r5 (shared register file)
+
+STACK_SPAN = base.MAX_CALL_DEPTH * isa.STACK_SIZE
+STACK_LO = base.STACK_TOP - STACK_SPAN   # virtual address of host stack byte 0
+MAP_SHIFT = base.MAP_STRIDE.bit_length() - 1
+SUB_ARGS = [PTR, PTR, I64] + [I64] * 10   # env, host stack, depth, r0..r9
+
+ENTRY_NAME = "stord_entry"
+
+
+def c64(v: int) -> ir.Constant:
+    return ir.Constant(I64, v & 0xFFFF_FFFF_FFFF_FFFF)
+
+
+def c32(v: int) -> ir.Constant:
+    return ir.Constant(I32, v & 0xFFFF_FFFF)
+
+
+def is_hash(map_type: int) -> bool:
+    return map_type in (MAP_HASH, MAP_PERCPU_HASH)
+
+
+def map_handle(index: int) -> int:
+    """The value `lddw rX, map` puts in a register: the map's index (what helpers take)."""
+    return index
+
+
+@dataclass
+class Subprogram:
+    start: int
+    end: int          # exclusive
+    fn: ir.Function
+
+
+def subprogram_starts(insns: list[isa.Insn]) -> list[int]:
+    starts = {0}
+    n = len(insns)
+    for i, ins in enumerate(insns):
+        target = None
+        if ins.op == isa.CALL_OP and ins.src == isa.PSEUDO_CALL:
+            target = i + ins.imm + 1
+        elif ins.op == isa.LDDW and ins.src == isa.PSEUDO_FUNC:
+            target = i + ins.imm + 1
+        if target is not None:
+            if not 0 <= target < n:
+                raise CompileError(f"call target {target} of slot {i} is outside the program")
+            starts.add(target)
+    return sorted(starts)
+
+
+class ModuleTranslator:
+    """Builds the LLVM module of one program for one helper set."""
+
+    def __init__(self, prog: Program, helpers: str = "linux") -> None:
+        if helpers not in base.HELPER_SETS:
+            raise CompileError(f"unknown helper set {helpers!r}")
+        self.prog = prog
+        self.insns = prog.insns
+        self.helpers = helpers
+        self.module = ir.Module(name=prog.name or "prog")
+        self.invariant_md = self.module.add_metadata([])
+        starts = subprogram_starts(self.insns)
+        self.subs: dict[int, Subprogram] = {}
+        for k, s in enumerate(starts):
+            end = starts[k + 1] if k + 1 < len(starts) else len(self.insns)
+            fn = ir.Function(self.module, ir.FunctionType(RET, SUB_ARGS), name=f"sub_{s}")
+            fn.linkage = "internal"
+            fn.args[0].add_attribute("noalias")
+            self.subs[s] = Subprogram(s, end, fn)
+        # bpf_loop callbacks: every subprogram whose address a program takes
+        self.callbacks = sorted({i + ins.imm + 1 for i, ins in enumerate(self.insns)
+                                 if ins.op == isa.LDDW and ins.src == isa.PSEUDO_FUNC})
+        self.rodata: dict[int, ir.GlobalVariable] = {}
+        for i, m in enumerate(prog.maps):
+            if m.readonly:
+                data = (m.initial or b"").ljust(m.value_size * m.max_entries, b"\0")
+                g = ir.GlobalVariable(self.module, ir.ArrayType(I8, len(data)), f"rodata_{i}")
+                g.initializer = ir.Constant(ir.ArrayType(I8, len(data)), bytearray(data))
+                g.global_constant = True
+                g.linkage = "internal"
+                self.rodata[i] = g
+        self._intrinsics: dict[str, ir.Function] = {}
+        from stord.engines.jit import runtime  # noqa: PLC0415 - runtime builds on this module
+        self.runtime = runtime.Runtime(self)
+
+    # -- module-level pieces -------------------------------------------------------------
+
+    def intrinsic(self, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
+        fn = self._intrinsics.get(name)
+        if fn is None:
+            fn = ir.Function(self.module, ir.FunctionType(ret, args), name=name)
+            self._intrinsics[name] = fn
+        return fn
+
+    def region_size(self, index: int) -> int:
+        m = self.prog.maps[index]
+        return m.value_size * m.max_entries
+
+    def build(self) -> ir.Module:
+        for sub in self.subs.values():
+            FunctionTranslator(self, sub).translate()
+        self._entry()
+        return self.module
+
+    def _entry(self) -> None:
+        """i64 stord_entry(env, r1, r2): a zeroed host stack, then subprogram 0 at depth 0."""
+        fn = ir.Function(self.module, ir.FunctionType(I64, [PTR, I64, I64]), name=ENTRY_NAME)
+        fn.args[0].add_attribute("noalias")
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        stack = b.alloca(ir.ArrayType(I8, STACK_SPAN), name="stack")
+        stack.align = 16
+        memset = self.intrinsic("llvm.memset.p0.i64", VOID, [PTR, I8, I64, I1])
+        b.call(memset, [stack, ir.Constant(I8, 0), c64(STACK_SPAN), ir.Constant(I1, 0)])
+        zero = c64(0)
+        args = [fn.args[0], stack, zero, zero, fn.args[1], fn.args[2]] + [zero] * 7
+        res = b.call(self.subs[0].fn, args)
+        r0 = b.extract_value(res, 0)
+        status_p = b.gep(fn.args[0], [c64(L.STATUS)], source_etype=I8)
+        status = b.load(status_p, typ=I64)
+        unwound = b.icmp_unsigned("==", status, c64(L.ST_UNWIND))
+        with b.if_then(unwound):
+            b.store(c64(L.ST_OK), status_p)
+        b.ret(b.select(unwound, zero, r0))
+
+
+class FunctionTranslator:
+    """Translates the slots [start, end) of one subprogram into its LLVM function."""
+
+    def __init__(self, mt: ModuleTranslator, sub: Subprogram) -> None:
+        self.mt = mt
+        self.sub = sub
+        self.fn = sub.fn
+        self.insns = mt.insns
+        self.env, self.stack, self.depth = self.fn.args[0], self.fn.args[1], self.fn.args[2]
+        self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
+        self.regs = [self.b.alloca(I64, name=f"r{i}") for i in range(11)]
+        for i in range(10):
+            self.b.store(self.fn.args[3 + i], self.regs[i])
+        r10 = self.b.sub(c64(base.STACK_TOP), self.b.mul(self.depth, c64(isa.STACK_SIZE)))
+        self.b.store(r10, self.regs[10])
+        # one fault exit per function; its phis collect (status, pc, addr, info)
+        self.fault_block = self.fn.append_basic_block("fault")
+        fb = ir.IRBuilder(self.fault_block)
+        self.fault_phis = [fb.phi(I64, name=n) for n in ("status", "pc", "addr", "info")]
+        for phi, off in zip(self.fault_phis, (L.STATUS, L.PC, L.ADDR, L.INFO), strict=True):
+            fb.store(phi, fb.gep(self.env, [c64(off)], source_etype=I8))
+        fb.ret(ir.Constant(RET, None))
+        # after a callee faulted (status already stored): return at once
+        self.propagate_block = self.fn.append_basic_block("propagate")
+        ir.IRBuilder(self.propagate_block).ret(ir.Constant(RET, None))
+        self.blocks: dict[int, ir.Block] = {}
+
+    # -- small helpers -------------------------------------------------------------------
+
+    def reg(self, i: int) -> ir.Value:
+        return self.b.load(self.regs[i], typ=I64)
+
+    def set_reg(self, i: int, v: ir.Value) -> None:
+        if v.type != I64:
+            v = self.b.zext(v, I64)
+        self.b.store(v, self.regs[i])
+
+    def env_field(self, off: int, typ: ir.Type = I64, invariant: bool = False) -> ir.Value:
+        v = self.b.load(self.b.gep(self.env, [c64(off)], source_etype=I8), typ=typ)
+        if invariant:
+            v.set_metadata("invariant.load", self.mt.invariant_md)
+        return v
+
+    def env_ptr(self, off: int) -> ir.Value:
+        return self.b.gep(self.env, [c64(off)], source_etype=I8)
+
+    def fail(self, status: int, pc: int, addr: ir.Value | int = 0,
+             info: ir.Value | int = 0) -> None:
+        """Branch to the fault exit from the current block."""
+        vals = [c64(status), c64(pc),
+                addr if isinstance(addr, ir.Value) else c64(addr),
+                info if isinstance(info, ir.Value) else c64(info)]
+        for phi, v in zip(self.fault_phis, vals, strict=True):
+            phi.add_incoming(v, self.b.block)
+        self.b.branch(self.fault_block)
+
+    def check(self, ok: ir.Value, status: int, pc: int, addr: ir.Value | int = 0,
+              info: ir.Value | int = 0) -> None:
+        """Continue when `ok`, else fault; leaves the builder in the continuation."""
+        cont = self.fn.append_basic_block(f"ok{pc}")
+        bad = self.fn.append_basic_block(f"bad{pc}")
+        self.b.cbranch(ok, cont, bad)
+        self.b.position_at_end(bad)
+        self.fail(status, pc, addr, info)
+        self.b.position_at_end(cont)
+
+    def check_status(self) -> None:
+        """After a call that may fault: leave when the env status is set."""
+        st = self.env_field(L.STATUS)
+        cont = self.fn.append_basic_block("called")
+        self.b.cbranch(self.b.icmp_unsigned("==", st, c64(0)), cont, self.propagate_block)
+        self.b.position_at_end(cont)
+
+    def charge(self, pc: int, n: ir.Value | None = None) -> None:
+        """Take `n` (default 1) from the budget; BudgetExceeded when it runs out."""
+        n = n if n is not None else c64(1)
+        p = self.env_ptr(L.BUDGET)
+        left = self.b.load(p, typ=I64)
+        self.check(self.b.icmp_unsigned(">=", left, n), L.ST_BUDGET, pc)
+        self.b.store(self.b.sub(left, n), p)
+
+    def block_at(self, pc: int) -> ir.Block:
+        if not self.sub.start <= pc < self.sub.end:
+            raise CompileError(f"jump to slot {pc} leaves the subprogram at slot {self.sub.start}")
+        if pc > 0 and self.insns[pc - 1].op == isa.LDDW:
+            raise CompileError(f"jump to slot {pc}, the second half of an lddw")
+        blk = self.blocks.get(pc)
+        if blk is None:
+            blk = self.blocks[pc] = self.fn.append_basic_block(f"pc{pc}")
+        return blk
+
+    def jump(self, pc: int, target: int) -> None:
+        """Unconditional branch; back-edges are charged to the budget."""
+        if target <= pc:
+            self.charge(pc)
+        self.b.branch(self.block_at(target))
+
+    # -- memory --------------------------------------------------------------------------
+
+    def fits(self, d: ir.Value, span: ir.Value, size: ir.Value) -> ir.Value:
+        """[d, d + size) lies inside [0, span) (unsigned; folds when the values are constant)."""
+        b = self.b
+        return b.and_(b.icmp_unsigned("<=", size, span),
+                      b.icmp_unsigned("<=", d, b.sub(span, size)))
+
+    def host_ptr(self, addr: ir.Value, size: int | ir.Value, write: bool, pc: int) -> ir.Value:
+        """Host pointer for `size` bytes at virtual `addr`, or a fault (never returns null)."""
+        b = self.b
+        nbytes = c64(size) if isinstance(size, int) else size
+        info = b.or_(nbytes, c64(L.WRITE_BIT if write else 0))
+        done = self.fn.append_basic_block(f"addr{pc}")
+        incoming: list[tuple[ir.Value, ir.Block]] = []
+
+        # the stack: the current frame and its callers' frames
+        lo = b.sub(c64(base.STACK_TOP), b.mul(b.add(self.depth, c64(1)), c64(isa.STACK_SIZE)))
+        in_stack = self.fits(b.sub(addr, lo), b.sub(c64(base.STACK_TOP), lo), nbytes)
+        stack_bb = self.fn.append_basic_block()
+        next_bb = self.fn.append_basic_block()
+        b.cbranch(in_stack, stack_bb, next_bb)
+        b.position_at_end(stack_bb)
+        incoming.append((b.gep(self.stack, [b.sub(addr, c64(STACK_LO))], source_etype=I8),
+                         b.block))
+        b.branch(done)
+
+        b.position_at_end(next_bb)
+        maps = self.mt.prog.maps
+        if maps:
+            k = b.sub(b.lshr(addr, c64(MAP_SHIFT)), c64(1))
+            other_bb = self.fn.append_basic_block()
+            sw = b.switch(k, other_bb)
+            for i, m in enumerate(maps):
+                bb = self.fn.append_basic_block()
+                sw.add_case(c64(i), bb)
+                b.position_at_end(bb)
+                if write and m.readonly:
+                    self.fail(L.ST_ACCESS, pc, addr, info)
+                    continue
+                off = b.and_(addr, c64(base.MAP_STRIDE - 1))
+                self.check(self.fits(off, c64(self.mt.region_size(i)), nbytes), L.ST_ACCESS,
+                           pc, addr, info)
+                if i in self.mt.rodata:
+                    hbase = self.mt.rodata[i]
+                else:
+                    desc = self.map_desc(i)
+                    hbase = self.load_inv(b.gep(desc, [c64(L.M_VALUES)], source_etype=I8), PTR)
+                incoming.append((b.gep(hbase, [off], source_etype=I8), b.block))
+                b.branch(done)
+            b.position_at_end(other_bb)
+
+        # the chunk (read-only): DATA_BASE .. DATA_BASE + data_len
+        if not write:
+            dd = b.sub(addr, c64(base.DATA_BASE))
+            dlen = self.env_field(L.DATA_LEN, invariant=True)
+            data_bb = self.fn.append_basic_block()
+            slow_bb = self.fn.append_basic_block()
+            b.cbranch(self.fits(dd, dlen, nbytes), data_bb, slow_bb)
+            b.position_at_end(data_bb)
+            dptr = self.env_field(L.DATA, PTR, invariant=True)
+            incoming.append((b.gep(dptr, [dd], source_etype=I8), b.block))
+            b.branch(done)
+            b.position_at_end(slow_bb)
+
+        # ctx, meta, conformance memory: out of line
+        p = b.call(self.mt.runtime.xlate_slow, [self.env, addr, nbytes, c64(int(write))])
+        self.check(b.icmp_unsigned("!=", p, ir.Constant(PTR, None)), L.ST_ACCESS, pc, addr,
+                   info)
+        incoming.append((p, b.block))
+        b.branch(done)
+
+        b.position_at_end(done)
+        phi = b.phi(PTR)
+        for v, blk in incoming:
+            phi.add_incoming(v, blk)
+        return phi
+
+    def load_inv(self, p: ir.Value, typ: ir.Type) -> ir.Value:
+        v = self.b.load(p, typ=typ)
+        v.set_metadata("invariant.load", self.mt.invariant_md)
+        return v
+
+    def map_desc(self, index: int) -> ir.Value:
+        maps = self.env_field(L.MAPS, PTR, invariant=True)
+        return self.b.gep(maps, [c64(index * L.MAPDESC_SIZE)], source_etype=I8)
+
+    def load_mem(self, addr: ir.Value, size: int, pc: int, signed: bool = False) -> ir.Value:
+        ty = ir.IntType(size * 8)
+        v = self.b.load(self.host_ptr(addr, size, False, pc), typ=ty)
+        v.align = 1
+        if size == 8:
+            return v
+        return self.b.sext(v, I64) if signed else self.b.zext(v, I64)
+
+    def store_mem(self, addr: ir.Value, size: int, value: ir.Value, pc: int) -> None:
+        ty = ir.IntType(size * 8)
+        p = self.host_ptr(addr, size, True, pc)
+        if value.type != ty:
+            value = self.b.trunc(value, ty)
+        st = self.b.store(value, p)
+        st.align = 1
+
+    # -- translation ---------------------------------------------------------------------
+
+    def translate(self) -> None:
+        b = self.b
+        b.branch(self.block_at(self.sub.start))
+        pc = self.sub.start
+        leaders = self._leaders()
+        for t in leaders:
+            self.block_at(t)
+        b.position_at_end(self.blocks[self.sub.start])
+        while pc < self.sub.end:
+            if pc in self.blocks and b.block is not self.blocks[pc]:
+                if not b.block.is_terminated:
+                    b.branch(self.blocks[pc])
+                b.position_at_end(self.blocks[pc])
+            elif b.block.is_terminated:
+                b.position_at_end(self.fn.append_basic_block(f"dead{pc}"))
+            ins = self.insns[pc]
+            pc = self._insn(pc, ins)
+        if not b.block.is_terminated:
+            self.fail(L.ST_FALLTHROUGH, self.sub.end - 1)
+
+    def _leaders(self) -> set[int]:
+        out: set[int] = set()
+        for pc in range(self.sub.start, self.sub.end):
+            ins = self.insns[pc]
+            cls = ins.cls
+            if cls in (isa.JMP, isa.JMP32) and ins.op & 0xF0 not in (isa.CALL, isa.EXIT):
+                if cls == isa.JMP32 and ins.op & 0xF0 == isa.JA:
+                    out.add(pc + ins.imm + 1)
+                else:
+                    out.add(pc + ins.off + 1)
+        return out
+
+    def _insn(self, pc: int, ins: isa.Insn) -> int:
+        """Emit one instruction; returns the next slot."""
+        cls = ins.cls
+        if cls in (isa.ALU, isa.ALU64):
+            self._alu(pc, ins, cls == isa.ALU64)
+        elif cls in (isa.JMP, isa.JMP32):
+            self._jmp(pc, ins, cls == isa.JMP32)
+        elif ins.op == isa.LDDW:
+            if pc + 1 >= self.sub.end:
+                raise CompileError(f"lddw at slot {pc} has no second slot")
+            self._lddw(pc, ins, self.insns[pc + 1])
+            return pc + 2
+        elif cls == isa.LDX:
+            self._ldx(pc, ins)
+        elif cls in (isa.ST, isa.STX):
+            self._store(pc, ins)
+        else:
+            raise CompileError(f"unsupported opcode {ins.op:#04x} at slot {pc}")
+        return pc + 1
+
+    def _lddw(self, pc: int, first: isa.Insn, second: isa.Insn) -> None:
+        if first.src == 0:
+            v = isa.lddw_value(first, second)
+        elif first.src == isa.PSEUDO_MAP_FD:
+            self._check_map_index(pc, first.imm)
+            v = map_handle(first.imm)
+        elif first.src == isa.PSEUDO_MAP_VALUE:
+            self._check_map_index(pc, first.imm)
+            v = base.map_base(first.imm) + (second.imm & 0xFFFF_FFFF)
+        elif first.src == isa.PSEUDO_FUNC:
+            v = base.FUNC_BASE + pc + first.imm + 1
+        else:
+            raise CompileError(f"lddw at slot {pc} has unknown source {first.src}")
+        self.set_reg(first.dst, c64(v))
+
+    def _check_map_index(self, pc: int, index: int) -> None:
+        if not 0 <= index < len(self.mt.prog.maps):
+            raise CompileError(f"lddw at slot {pc} names map {index}, which does not exist")
+
+    def _ldx(self, pc: int, ins: isa.Insn) -> None:
+        mode, size = ins.op & 0xE0, isa.SIZE_BYTES[ins.op & 0x18]
+        if mode not in (isa.MEM, isa.MEMSX):
+            raise CompileError(f"unsupported load mode {ins.op:#04x} at slot {pc}")
+        addr = self.b.add(self.reg(ins.src), c64(ins.off))
+        self.set_reg(ins.dst, self.load_mem(addr, size, pc, signed=mode == isa.MEMSX))
+
+    def _store(self, pc: int, ins: isa.Insn) -> None:
+        mode, size = ins.op & 0xE0, isa.SIZE_BYTES[ins.op & 0x18]
+        addr = self.b.add(self.reg(ins.dst), c64(ins.off))
+        if mode == isa.MEM:
+            value = c64(ins.imm) if ins.cls == isa.ST else self.reg(ins.src)
+            self.store_mem(addr, size, value, pc)
+        elif mode == isa.ATOMIC and ins.cls == isa.STX and size in (4, 8):
+            self._atomic(pc, ins, addr, size)
+        else:
+            raise CompileError(f"unsupported store {ins.op:#04x} at slot {pc}")
+
+    def _atomic(self, pc: int, ins: isa.Insn, addr: ir.Value, size: int) -> None:
+        """One thread runs an instance, so atomics are plain read-modify-write."""
+        b = self.b
+        ty = ir.IntType(size * 8)
+        p = self.host_ptr(addr, size, True, pc)
+        old = b.load(p, typ=ty)
+        old.align = 1
+        src = b.trunc(self.reg(ins.src), ty) if size == 4 else self.reg(ins.src)
+        op = ins.imm
+        if op == isa.CMPXCHG:
+            r0 = self.reg(0)
+            expect = b.trunc(r0, ty) if size == 4 else r0
+            new = b.select(b.icmp_unsigned("==", old, expect), src, old)
+            b.store(new, p).align = 1
+            self.set_reg(0, old)
+            return
+        if op == isa.XCHG:
+            b.store(src, p).align = 1
+            self.set_reg(ins.src, old)
+            return
+        fns = {isa.ADD: b.add, isa.OR: b.or_, isa.AND: b.and_, isa.XOR: b.xor}
+        fn = fns.get(op & ~isa.FETCH)
+        if fn is None or op & ~(0xF0 | isa.FETCH):
+            raise CompileError(f"unsupported atomic operation {op:#x} at slot {pc}")
+        b.store(fn(old, src), p).align = 1
+        if op & isa.FETCH:
+            self.set_reg(ins.src, old)
+
+    def _alu(self, pc: int, ins: isa.Insn, is64: bool) -> None:
+        b = self.b
+        op = ins.op & 0xF0
+        ty = I64 if is64 else I32
+        bits = 64 if is64 else 32
+        if op == isa.END:
+            self._end(pc, ins, is64)
+            return
+        dst_full = self.reg(ins.dst)
+        dst = dst_full if is64 else b.trunc(dst_full, I32)
+        if ins.op & isa.X:
+            src_full = self.reg(ins.src)
+            src = src_full if is64 else b.trunc(src_full, I32)
+        else:
+            src_full = c64(ins.imm if ins.imm >= 0 else ins.imm + (1 << 64))
+            src = src_full if is64 else c32(ins.imm)
+        zero = ir.Constant(ty, 0)
+        one = ir.Constant(ty, 1)
+        if op == isa.MOV:
+            if ins.off and ins.op & isa.X:
+                if ins.off not in ((8, 16, 32) if is64 else (8, 16)):
+                    raise CompileError(f"movsx with offset {ins.off} at slot {pc}")
+                r = b.sext(b.trunc(src_full, ir.IntType(ins.off)), ty)
+            else:
+                r = src
+        elif op == isa.ADD:
+            r = b.add(dst, src)
+        elif op == isa.SUB:
+            r = b.sub(dst, src)
+        elif op == isa.MUL:
+            r = b.mul(dst, src)
+        elif op == isa.OR:
+            r = b.or_(dst, src)
+        elif op == isa.AND:
+            r = b.and_(dst, src)
+        elif op == isa.XOR:
+            r = b.xor(dst, src)
+        elif op in (isa.LSH, isa.RSH, isa.ARSH):
+            amt = b.and_(src, ir.Constant(ty, bits - 1))
+            r = {isa.LSH: b.shl, isa.RSH: b.lshr, isa.ARSH: b.ashr}[op](dst, amt)
+        elif op == isa.NEG:
+            r = b.sub(zero, dst)
+        elif op in (isa.DIV, isa.MOD):
+            is_zero = b.icmp_unsigned("==", src, zero)
+            if ins.off == 1:
+                int_min = ir.Constant(ty, 1 << (bits - 1))
+                minus1 = ir.Constant(ty, (1 << bits) - 1)
+                overflow = b.and_(b.icmp_unsigned("==", dst, int_min),
+                                  b.icmp_unsigned("==", src, minus1))
+                safe = b.select(b.or_(is_zero, overflow), one, src)
+                if op == isa.DIV:
+                    q = b.sdiv(dst, safe)          # INT_MIN / 1 = INT_MIN, as specified
+                    r = b.select(is_zero, zero, q)
+                else:
+                    m = b.srem(dst, safe)          # INT_MIN % 1 = 0, as specified
+                    r = b.select(is_zero, dst, m)
+            elif ins.off == 0:
+                safe = b.select(is_zero, one, src)
+                if op == isa.DIV:
+                    r = b.select(is_zero, zero, b.udiv(dst, safe))
+                else:
+                    r = b.select(is_zero, dst, b.urem(dst, safe))
+            else:
+                raise CompileError(f"division with offset {ins.off} at slot {pc}")
+        else:
+            raise CompileError(f"unsupported ALU opcode {ins.op:#04x} at slot {pc}")
+        self.set_reg(ins.dst, r)
+
+    def _end(self, pc: int, ins: isa.Insn, is64: bool) -> None:
+        b = self.b
+        width = ins.imm
+        if width not in (16, 32, 64):
+            raise CompileError(f"byte swap of width {width} at slot {pc}")
+        v = b.trunc(self.reg(ins.dst), ir.IntType(width)) if width < 64 else self.reg(ins.dst)
+        swap = is64 or bool(ins.op & isa.X)   # ALU64 END: bswap; ALU END|X: to big-endian
+        if swap and width > 8:
+            v = b.bswap(v)
+        self.set_reg(ins.dst, v)
+
+    def _jmp(self, pc: int, ins: isa.Insn, is32: bool) -> None:
+        b = self.b
+        op = ins.op & 0xF0
+        if op == isa.EXIT:
+            res = ir.Constant(RET, None)
+            for i in range(6):
+                res = b.insert_value(res, self.reg(i), i)
+            b.ret(res)
+            return
+        if op == isa.CALL:
+            self._call(pc, ins, is32)
+            return
+        if op == isa.JA:
+            self.jump(pc, pc + (ins.imm if is32 else ins.off) + 1)
+            return
+        target = pc + ins.off + 1
+        dst = self.reg(ins.dst)
+        if ins.op & isa.X:
+            src = self.reg(ins.src)
+        else:
+            src = c64(ins.imm)
+        if is32:
+            dst, src = b.trunc(dst, I32), b.trunc(src, I32)
+        preds = {isa.JEQ: ("u", "=="), isa.JNE: ("u", "!="), isa.JGT: ("u", ">"),
+                 isa.JGE: ("u", ">="), isa.JLT: ("u", "<"), isa.JLE: ("u", "<="),
+                 isa.JSGT: ("s", ">"), isa.JSGE: ("s", ">="), isa.JSLT: ("s", "<"),
+                 isa.JSLE: ("s", "<=")}
+        if op == isa.JSET:
+            cond = b.icmp_unsigned("!=", b.and_(dst, src), ir.Constant(dst.type, 0))
+        elif op in preds:
+            kind, pred = preds[op]
+            cmp = b.icmp_unsigned if kind == "u" else b.icmp_signed
+            cond = cmp(pred, dst, src)
+        else:
+            raise CompileError(f"unsupported jump opcode {ins.op:#04x} at slot {pc}")
+        fall = self.block_at(pc + 1) if pc + 1 < self.sub.end else None
+        if fall is None:
+            fall = self.fn.append_basic_block(f"end{pc}")
+        if target <= pc:
+            taken = self.fn.append_basic_block(f"back{pc}")
+            b.cbranch(cond, taken, fall)
+            b.position_at_end(taken)
+            self.jump(pc, target)
+        else:
+            b.cbranch(cond, self.block_at(target), fall)
+        if pc + 1 >= self.sub.end:
+            b.position_at_end(fall)
+            self.fail(L.ST_FALLTHROUGH, pc)
+
+    def _call(self, pc: int, ins: isa.Insn, is32: bool) -> None:
+        if is32:
+            raise CompileError(f"call in the 32-bit jump class at slot {pc}")
+        if ins.op == isa.CALLX_OP:
+            reg = ins.dst if ins.dst else ins.imm
+            if not 0 <= reg <= 10:
+                raise CompileError(f"callx with register {reg} at slot {pc}")
+            self.mt.runtime.helper_dynamic(self, pc, self.reg(reg))
+        elif ins.src == isa.PSEUDO_CALL:
+            self.call_local(pc, pc + ins.imm + 1,
+                            [self.reg(i) for i in range(10)])
+        elif ins.src == 0:
+            self.mt.runtime.helper(self, pc, ins.imm)
+        else:
+            raise CompileError(f"call with source {ins.src} at slot {pc}")
+
+    def call_local(self, pc: int, target: int, regs: list[ir.Value]) -> None:
+        """A program-local call: the callee's r0..r5 come back (shared register file)."""
+        res = self.call_sub(pc, target, regs)
+        for i in range(6):
+            self.set_reg(i, self.b.extract_value(res, i))
+
+    def call_sub(self, pc: int, target: int, regs: list[ir.Value]) -> ir.Value:
+        """Call subprogram `target` one frame deeper (r0..r9 = regs); returns its r0..r5."""
+        sub = self.mt.subs.get(target)
+        if sub is None:
+            raise CompileError(f"call at slot {pc} to slot {target}, not a subprogram start")
+        b = self.b
+        depth = b.add(self.depth, c64(1))
+        self.check(b.icmp_unsigned("<", depth, c64(base.MAX_CALL_DEPTH)), L.ST_DEPTH, pc)
+        self.charge(pc)
+        res = b.call(sub.fn, [self.env, self.stack, depth] + regs)
+        self.check_status()
+        return res
