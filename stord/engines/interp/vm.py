@@ -1,0 +1,538 @@
+"""The reference eBPF virtual machine (RFC 9669), in pure Python.
+
+Speed comes from translating the program once into Python source: each eBPF function
+becomes one Python function whose registers are local variables, whose basic blocks are
+the leaves of a binary if-tree on `pc` inside a `while True` loop, and whose loads and
+stores of the stack through r10 with a constant offset are checked at translation time
+and inlined. bpf-to-bpf calls are Python calls (r6-r9 are locals, so they are preserved
+for free); every other memory access goes through a region lookup that checks bounds and
+writability and raises ProgramFault with the address, size and pc.
+
+Registers hold unsigned 64-bit Python ints; 32-bit results are masked, which is exactly
+RFC 9669's zero extension. The instruction budget is charged per basic block on entry.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from stord.engines.base import MAX_CALL_DEPTH, STACK_TOP
+from stord.errors import BudgetExceeded, ProgramFault
+from stord.program import isa
+from stord.program.isa import Insn
+from stord.program.validate import function_starts, jump_target, lddw_second_slots
+
+M64 = (1 << 64) - 1
+M32 = (1 << 32) - 1
+S64 = 1 << 63
+S32 = 1 << 31
+STACK_BYTES = MAX_CALL_DEPTH * isa.STACK_SIZE
+STACK_BASE = STACK_TOP - STACK_BYTES
+REGION_SHIFT = 28  # regions are looked up by addr >> 28 (256 MiB granules)
+
+
+class Stop(Exception):  # noqa: N818 - control flow, not an error
+    """Raised by a helper to end the whole program with r0 = value (conformance unwind)."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+
+# --- memory ------------------------------------------------------------------------------
+
+class Region:
+    __slots__ = ("name", "base", "buf", "lo", "writable")
+
+    def __init__(self, name: str, base: int, buf: bytes | bytearray, writable: bool) -> None:
+        self.name, self.base, self.buf, self.lo, self.writable = name, base, buf, 0, writable
+
+
+class Memory:
+    """The virtual address space: named regions, and checked loads/stores over them.
+
+    Loaders and storers look regions up in dicts keyed by addr >> 28 whose values are
+    mutable [buf, base, lo] lists, so that swapping a chunk in (or moving the stack's
+    lowest valid byte on a call) needs no re-translation."""
+
+    def __init__(self) -> None:
+        self.regions: dict[str, Region] = {}
+        self.read_tab: dict[int, list[Any]] = {}
+        self.write_tab: dict[int, list[Any]] = {}
+        self.cells: dict[str, list[Any]] = {}
+
+    def add(self, name: str, base: int, buf: bytes | bytearray, writable: bool,
+            span: int | None = None) -> list[Any]:
+        """Register a region; `span` (bytes) reserves lookup keys for a buffer that may grow."""
+        r = Region(name, base, buf, writable)
+        self.regions[name] = r
+        cell = [buf, base, 0]
+        self.cells[name] = cell
+        end = base + max(span or 0, len(buf), 1)
+        for key in range(base >> REGION_SHIFT, ((end - 1) >> REGION_SHIFT) + 1):
+            self.read_tab[key] = cell
+            if writable:
+                self.write_tab[key] = cell
+        return cell
+
+    def set_buf(self, name: str, buf: bytes | bytearray) -> None:
+        self.regions[name].buf = buf
+        self.cells[name][0] = buf
+
+    def describe(self, addr: int, size: int, write: bool, pc: int) -> str:
+        what = "write" if write else "read"
+        where = f"pc {pc}: {what} of {size} bytes at {addr:#x}"
+        for r in self.regions.values():
+            cell = self.cells[r.name]
+            lo, hi = r.base + cell[2], r.base + len(cell[0])
+            if r.base - 4096 <= addr < r.base + len(cell[0]) + 4096 or lo <= addr < hi:
+                if lo <= addr and addr + size <= hi:
+                    return f"{where}: {r.name} is read-only"
+                if addr < lo and r.name == "stack":
+                    return f"{where}: below the current stack frame ({lo:#x})"
+                return f"{where}: outside {r.name} [{lo:#x}, {hi:#x})"
+        return f"{where}: not in any memory region"
+
+    def fault(self, addr: int, size: int, write: bool, pc: int) -> ProgramFault:
+        return ProgramFault(self.describe(addr, size, write, pc))
+
+    def loader(self, size: int, signed: bool) -> Callable[[int, int], int]:
+        get = self.read_tab.get
+        fault = self.fault
+        if size == 1 and not signed:
+            def load1(addr: int, pc: int) -> int:
+                c = get(addr >> REGION_SHIFT)
+                if c is not None:
+                    off = addr - c[1]
+                    if c[2] <= off < len(c[0]):
+                        return c[0][off]
+                raise fault(addr, 1, False, pc)
+            return load1
+        fmt = {1: "b", 2: "h", 4: "i"}[size] if signed else {2: "H", 4: "I", 8: "Q"}[size]
+        unpack = struct.Struct("<" + fmt).unpack_from
+
+        if signed:
+            def load_s(addr: int, pc: int) -> int:
+                c = get(addr >> REGION_SHIFT)
+                if c is not None:
+                    off = addr - c[1]
+                    if c[2] <= off <= len(c[0]) - size:
+                        return unpack(c[0], off)[0] & M64
+                raise fault(addr, size, False, pc)
+            return load_s
+
+        def load(addr: int, pc: int) -> int:
+            c = get(addr >> REGION_SHIFT)
+            if c is not None:
+                off = addr - c[1]
+                if c[2] <= off <= len(c[0]) - size:
+                    return unpack(c[0], off)[0]
+            raise fault(addr, size, False, pc)
+        return load
+
+    def storer(self, size: int) -> Callable[[int, int, int], None]:
+        get = self.write_tab.get
+        fault = self.fault
+        mask = (1 << (8 * size)) - 1
+        if size == 1:
+            def store1(addr: int, value: int, pc: int) -> None:
+                c = get(addr >> REGION_SHIFT)
+                if c is not None:
+                    off = addr - c[1]
+                    if c[2] <= off < len(c[0]):
+                        c[0][off] = value & 0xFF
+                        return
+                raise fault(addr, 1, True, pc)
+            return store1
+        pack = struct.Struct("<" + {2: "H", 4: "I", 8: "Q"}[size]).pack_into
+
+        def store(addr: int, value: int, pc: int) -> None:
+            c = get(addr >> REGION_SHIFT)
+            if c is not None:
+                off = addr - c[1]
+                if c[2] <= off <= len(c[0]) - size:
+                    pack(c[0], off, value & mask)
+                    return
+            raise fault(addr, size, True, pc)
+        return store
+
+    def read(self, addr: int, n: int, pc: int = -1) -> bytes:
+        """n bytes at addr (for helpers); faults like a load."""
+        c = self.read_tab.get(addr >> REGION_SHIFT)
+        if n < 0:
+            raise self.fault(addr, n, False, pc)
+        if n == 0:
+            return b""
+        if c is not None:
+            off = addr - c[1]
+            if c[2] <= off <= len(c[0]) - n:
+                return bytes(c[0][off:off + n])
+        raise self.fault(addr, n, False, pc)
+
+    def write(self, addr: int, data: bytes, pc: int = -1) -> None:
+        n = len(data)
+        if n == 0:
+            return
+        c = self.write_tab.get(addr >> REGION_SHIFT)
+        if c is not None:
+            off = addr - c[1]
+            if c[2] <= off <= len(c[0]) - n:
+                c[0][off:off + n] = data
+                return
+        raise self.fault(addr, n, True, pc)
+
+    def readable(self, addr: int, n: int) -> bool:
+        c = self.read_tab.get(addr >> REGION_SHIFT)
+        return c is not None and n >= 0 and c[2] <= addr - c[1] <= len(c[0]) - n
+
+    def writable(self, addr: int, n: int) -> bool:
+        c = self.write_tab.get(addr >> REGION_SHIFT)
+        return c is not None and n >= 0 and c[2] <= addr - c[1] <= len(c[0]) - n
+
+
+# --- arithmetic with RFC 9669 semantics ----------------------------------------------------
+
+def _s64(x: int) -> int:
+    return (x ^ S64) - S64
+
+
+def _s32(x: int) -> int:
+    return ((x & M32) ^ S32) - S32
+
+
+def _tdiv(a: int, b: int) -> int:
+    """Signed division truncating toward zero (C semantics)."""
+    q = abs(a) // abs(b)
+    return -q if (a < 0) != (b < 0) else q
+
+
+def sdiv64(a: int, b: int) -> int:
+    if b == 0:
+        return 0
+    return _tdiv(_s64(a), _s64(b)) & M64  # INT64_MIN / -1 wraps to INT64_MIN
+
+
+def smod64(a: int, b: int) -> int:
+    if b == 0:
+        return a
+    x, y = _s64(a), _s64(b)
+    return (x - y * _tdiv(x, y)) & M64
+
+
+def sdiv32(a: int, b: int) -> int:
+    if b & M32 == 0:
+        return 0
+    return _tdiv(_s32(a), _s32(b)) & M32
+
+
+def smod32(a: int, b: int) -> int:
+    if b & M32 == 0:
+        return a & M32
+    x, y = _s32(a), _s32(b)
+    return (x - y * _tdiv(x, y)) & M32
+
+
+def bswap16(x: int) -> int:
+    return ((x & 0xFF) << 8) | ((x >> 8) & 0xFF)
+
+
+def bswap32(x: int) -> int:
+    return int.from_bytes((x & M32).to_bytes(4, "little"), "big")
+
+
+def bswap64(x: int) -> int:
+    return int.from_bytes((x & M64).to_bytes(8, "little"), "big")
+
+
+# --- translation -------------------------------------------------------------------------
+
+class Runtime:
+    """What translated code calls: memory, helpers, budget; one per instance."""
+
+    def __init__(self, memory: Memory, helpers: dict[int, Callable[..., int]],
+                 callx: Callable[..., int] | None) -> None:
+        self.memory = memory
+        self.helpers = helpers
+        self.callx = callx
+        self.budget = [0]
+        self.stack = bytearray(STACK_BYTES)
+        self.stack_cell = memory.add("stack", STACK_BASE, self.stack, True)
+        self.functions: dict[int, Callable[..., int]] = {}
+
+
+def _imm64(imm: int) -> int:
+    return imm & M64
+
+
+class _Translator:
+    def __init__(self, insns: list[Insn]) -> None:
+        self.insns = insns
+        self.second = lddw_second_slots(insns)
+        self.lines: list[str] = []
+
+    def emit(self, depth: int, text: str) -> None:
+        self.lines.append("    " * depth + text)
+
+    # One instruction -> Python statements (without control flow of the block end).
+    def insn(self, i: int, ins: Insn) -> list[str]:  # noqa: C901
+        op, cls, d, s = ins.op, ins.op & 7, f"r{ins.dst}", f"r{ins.src}"
+        off, imm = ins.off, ins.imm
+        if op == isa.LDDW:
+            nxt = self.insns[i + 1]
+            if ins.src == isa.PSEUDO_MAP_FD:
+                return [f"{d} = MAPH{ins.imm}"]
+            if ins.src == isa.PSEUDO_MAP_VALUE:
+                return [f"{d} = MAPV{ins.imm} + {nxt.imm}"]
+            if ins.src == isa.PSEUDO_FUNC:
+                return [f"{d} = FUNC_BASE + {i + ins.imm + 1}"]
+            return [f"{d} = {isa.lddw_value(ins, nxt)}"]
+        if cls in (isa.ALU, isa.ALU64):
+            return [self.alu(ins, cls == isa.ALU64)]
+        if cls == isa.LDX:
+            size = isa.SIZE_BYTES[op & 0x18]
+            signed = op & 0xE0 == isa.MEMSX
+            if ins.src == 10 and -isa.STACK_SIZE <= off and off + size <= 0:
+                k = off - STACK_BASE
+                if size == 1:
+                    v = f"STK[r10 + {k}]"
+                    return [f"{d} = ((({v}) ^ 0x80) - 0x80) & M64" if signed else f"{d} = {v}"]
+                un = ("S" if signed else "U") + str(size)
+                tail = " & M64" if signed else ""
+                return [f"{d} = {un}(STK, r10 + {k})[0]{tail}"]
+            fn = ("LDS" if signed else "LD") + str(size)
+            return [f"{d} = {fn}({s} + {off}, {i})"]
+        if cls in (isa.ST, isa.STX) and op & 0xE0 == isa.MEM:
+            size = isa.SIZE_BYTES[op & 0x18]
+            val = str(imm & ((1 << (8 * size)) - 1)) if cls == isa.ST else s
+            if ins.dst == 10 and -isa.STACK_SIZE <= off and off + size <= 0:
+                k = off - STACK_BASE
+                if size == 1:
+                    return [f"STK[r10 + {k}] = {val} & 0xFF" if cls == isa.STX
+                            else f"STK[r10 + {k}] = {val}"]
+                mask = "" if cls == isa.ST or size == 8 else f" & {(1 << (8 * size)) - 1}"
+                return [f"P{size}(STK, r10 + {k}, {val}{mask})"]
+            return [f"ST{size}({d} + {off}, {val}, {i})"]
+        if cls == isa.STX:  # atomic
+            size = isa.SIZE_BYTES[op & 0x18]
+            call = f"ATOM({i}, {d} + {off}, {size}, {imm}, {s}, r0)"
+            if imm == isa.CMPXCHG:
+                return [f"r0 = {call}"]
+            if imm & isa.FETCH:
+                return [f"{s} = {call}"]
+            return [call]
+        if op == isa.CALL_OP:
+            if ins.src == isa.PSEUDO_CALL:
+                t = i + imm + 1
+                return ["BUD[0] = b",
+                        f"r0 = F{t}(r1, r2, r3, r4, r5, r10 - {isa.STACK_SIZE}, depth + 1)",
+                        "b = BUD[0]", f"STKC[2] = r10 - {STACK_BASE + isa.STACK_SIZE}"]
+            # Helpers get r1-r5 plus where they run (pc, r10, depth) for callbacks/faults.
+            return ["BUD[0] = b", f"r0 = H{imm}(r1, r2, r3, r4, r5, {i}, r10, depth)",
+                    "b = BUD[0]", f"STKC[2] = r10 - {STACK_BASE + isa.STACK_SIZE}"]
+        if op == isa.CALLX_OP:
+            return ["BUD[0] = b", f"r0 = CALLX({d}, r1, r2, r3, r4, r5, {i}, r10, depth)",
+                    "b = BUD[0]"]
+        raise AssertionError(f"insn {i}: {op:#x} is not straight-line")
+
+    def alu(self, ins: Insn, is64: bool) -> str:
+        code, x = ins.op & 0xF0, ins.op & isa.X
+        d = f"r{ins.dst}"
+        if code == isa.END:
+            w = ins.imm
+            if is64 or x:  # bswap, or be on a little-endian machine
+                return f"{d} = BSWAP{w}({d})" if w != 16 else f"{d} = BSWAP16({d} & 0xFFFF)"
+            return {16: f"{d} &= 0xFFFF", 32: f"{d} &= M32", 64: "pass"}[w]
+        if code == isa.NEG:
+            return f"{d} = -{d} & {'M64' if is64 else 'M32'}"
+        if x:
+            s = f"r{ins.src}"
+        else:
+            s = str(_imm64(ins.imm) if is64 else ins.imm & M32)
+        if code == isa.MOV:
+            if ins.off:
+                bits = ins.off
+                m, sb = (1 << bits) - 1, 1 << (bits - 1)
+                return f"{d} = ((({s} & {m}) ^ {sb}) - {sb}) & {'M64' if is64 else 'M32'}"
+            return f"{d} = {s}" if is64 or not x else f"{d} = {s} & M32"
+        if is64:
+            mask, shm = "M64", 63
+            return {
+                isa.ADD: f"{d} = ({d} + {s}) & M64",
+                isa.SUB: f"{d} = ({d} - {s}) & M64",
+                isa.MUL: f"{d} = ({d} * {s}) & M64",
+                isa.OR: f"{d} |= {s}",
+                isa.AND: f"{d} &= {s}",
+                isa.XOR: f"{d} ^= {s}",
+                isa.LSH: f"{d} = ({d} << ({s} & {shm})) & {mask}",
+                isa.RSH: f"{d} >>= ({s} & {shm})",
+                isa.ARSH: f"{d} = ((({d} ^ S64) - S64) >> ({s} & {shm})) & M64",
+                isa.DIV: (f"{d} = SDIV64({d}, {s})" if ins.off else
+                          f"{d} = ({d} // {s} if {s} else 0)"),
+                isa.MOD: (f"{d} = SMOD64({d}, {s})" if ins.off else
+                          f"{d} = ({d} % {s} if {s} else {d})"),
+            }[code]
+        y = f"({s} & M32)" if x else s
+        return {
+            isa.ADD: f"{d} = ({d} + {s}) & M32",
+            isa.SUB: f"{d} = ({d} - {s}) & M32",
+            isa.MUL: f"{d} = ({d} * {s}) & M32",
+            isa.OR: f"{d} = ({d} | {s}) & M32",
+            isa.AND: f"{d} = {d} & {s} & M32",
+            isa.XOR: f"{d} = ({d} ^ {s}) & M32",
+            isa.LSH: f"{d} = ({d} << ({s} & 31)) & M32",
+            isa.RSH: f"{d} = ({d} & M32) >> ({s} & 31)",
+            isa.ARSH: f"{d} = (((({d} & M32) ^ S32) - S32) >> ({s} & 31)) & M32",
+            isa.DIV: (f"{d} = SDIV32({d}, {s})" if ins.off else
+                      f"{d} = (({d} & M32) // {y} if {y} else 0)"),
+            isa.MOD: (f"{d} = SMOD32({d}, {s})" if ins.off else
+                      f"{d} = (({d} & M32) % {y} if {y} else {d} & M32)"),
+        }[code]
+
+    def cond(self, ins: Insn) -> str:
+        code, x, is32 = ins.op & 0xF0, ins.op & isa.X, ins.op & 7 == isa.JMP32
+        d = f"r{ins.dst}"
+        if is32:
+            a = f"({d} & M32)"
+            b = f"(r{ins.src} & M32)" if x else str(ins.imm & M32)
+            sa = f"({a} ^ S32)"
+            sb = f"({b} ^ S32)" if x else str((ins.imm & M32) ^ S32)
+        else:
+            a = d
+            b = f"r{ins.src}" if x else str(ins.imm & M64)
+            sa = f"({d} ^ S64)"
+            sb = f"(r{ins.src} ^ S64)" if x else str((ins.imm & M64) ^ S64)
+        return {
+            isa.JEQ: f"{a} == {b}", isa.JNE: f"{a} != {b}", isa.JGT: f"{a} > {b}",
+            isa.JGE: f"{a} >= {b}", isa.JLT: f"{a} < {b}", isa.JLE: f"{a} <= {b}",
+            isa.JSET: f"{a} & {b}", isa.JSGT: f"{sa} > {sb}", isa.JSGE: f"{sa} >= {sb}",
+            isa.JSLT: f"{sa} < {sb}", isa.JSLE: f"{sa} <= {sb}",
+        }[code]
+
+    def function(self, start: int, end: int) -> None:
+        insns = self.insns
+        leaders = {start}
+        for i in range(start, end):
+            if i in self.second:
+                continue
+            ins = insns[i]
+            t = jump_target(i, ins)
+            if t is not None:
+                leaders.add(t)
+                leaders.add(i + 1)
+            elif ins.op == isa.EXIT_OP:
+                leaders.add(i + 1)
+        blocks = sorted(x for x in leaders if start <= x < end)
+        e = self.emit
+        e(0, f"def F{start}(r1, r2, r3, r4, r5, r10, depth):")
+        e(1, f"if depth >= {MAX_CALL_DEPTH}:")
+        e(2, f"DEPTH({start})")
+        e(1, f"STKC[2] = r10 - {STACK_BASE + isa.STACK_SIZE}")
+        e(1, "r0 = r6 = r7 = r8 = r9 = 0")
+        e(1, "b = BUD[0]")
+        e(1, f"pc = {start}")
+        e(1, "while True:")
+        self.tree(blocks, 0, len(blocks), 2, end)
+
+    def tree(self, blocks: list[int], lo: int, hi: int, depth: int, end: int) -> None:
+        if hi - lo == 1:
+            self.block(blocks, lo, depth, end)
+            return
+        mid = (lo + hi) // 2
+        self.emit(depth, f"if pc < {blocks[mid]}:")
+        self.tree(blocks, lo, mid, depth + 1, end)
+        self.emit(depth, "else:")
+        self.tree(blocks, mid, hi, depth + 1, end)
+
+    def block(self, blocks: list[int], k: int, depth: int, end: int) -> None:
+        start = blocks[k]
+        stop = blocks[k + 1] if k + 1 < len(blocks) else end
+        e = self.emit
+        slots = [i for i in range(start, stop) if i not in self.second]
+        e(depth, f"b -= {len(slots)}")
+        e(depth, "if b < 0:")
+        e(depth + 1, f"BUDGET({start})")
+        for i in slots:
+            ins = self.insns[i]
+            t = jump_target(i, ins)
+            if ins.op == isa.EXIT_OP:
+                e(depth, "BUD[0] = b")
+                e(depth, "return r0")
+                return
+            if t is not None:
+                if ins.op & 0xF0 == isa.JA:
+                    e(depth, f"pc = {t}")
+                else:
+                    e(depth, f"if {self.cond(ins)}:")
+                    e(depth + 1, f"pc = {t}")
+                    e(depth, "else:")
+                    e(depth + 1, f"pc = {i + 1}")
+                return
+            for line in self.insn(i, ins):
+                e(depth, line)
+        # Fell through into the next block (validation forbids falling off a function).
+        e(depth, f"pc = {stop}")
+
+    def source(self) -> tuple[str, list[int]]:
+        starts = function_starts(self.insns)
+        ends = starts[1:] + [len(self.insns)]
+        for s, t in zip(starts, ends, strict=True):
+            self.function(s, t)
+        return "\n".join(self.lines) + "\n", starts
+
+
+def translate(insns: list[Insn]) -> tuple[str, list[int]]:
+    """Python source of the program (functions F<slot>) and the function start slots."""
+    return _Translator(insns).source()
+
+
+def build(insns: list[Insn], rt: Runtime, memory: Memory, map_handles: list[int],
+          map_values: list[int], func_base: int) -> dict[int, Callable[..., int]]:
+    """Compile the program against a runtime; returns {start slot: function}."""
+    src, starts = translate(insns)
+    u = {n: struct.Struct("<" + c).unpack_from for n, c in
+         (("U2", "H"), ("U4", "I"), ("U8", "Q"), ("S2", "h"), ("S4", "i"))}
+    p = {n: struct.Struct("<" + c).pack_into for n, c in (("P2", "H"), ("P4", "I"), ("P8", "Q"))}
+
+    def budget(pc: int) -> None:
+        raise BudgetExceeded(f"pc {pc}: instruction budget exhausted (a runaway loop?)")
+
+    def depth(pc: int) -> None:
+        raise ProgramFault(f"pc {pc}: call depth exceeds {MAX_CALL_DEPTH} frames")
+
+    def atomic(pc: int, addr: int, size: int, imm: int, val: int, r0: int) -> int:
+        old = memory.loader(size, False)(addr, pc)  # noqa: F841 - read checks bounds
+        if not memory.writable(addr, size):
+            raise memory.fault(addr, size, True, pc)
+        mask = (1 << (8 * size)) - 1
+        v = val & mask
+        op = imm & ~isa.FETCH
+        if imm == isa.XCHG:
+            new = v
+        elif imm == isa.CMPXCHG:
+            new = v if (r0 & mask) == old else old
+        else:
+            new = {isa.ADD: old + v, isa.OR: old | v, isa.AND: old & v, isa.XOR: old ^ v}[op]
+        memory.storer(size)(addr, new & mask, pc)
+        return old
+
+    ns: dict[str, Any] = {
+        "M64": M64, "M32": M32, "S64": S64, "S32": S32, "STK": rt.stack,
+        "STKC": rt.stack_cell, "BUD": rt.budget, "FUNC_BASE": func_base,
+        "BUDGET": budget, "DEPTH": depth, "ATOM": atomic, "CALLX": rt.callx,
+        "SDIV64": sdiv64, "SMOD64": smod64, "SDIV32": sdiv32, "SMOD32": smod32,
+        "BSWAP16": bswap16, "BSWAP32": bswap32, "BSWAP64": bswap64, **u, **p,
+    }
+    for size in (1, 2, 4, 8):
+        ns[f"LD{size}"] = memory.loader(size, False)
+        ns[f"ST{size}"] = memory.storer(size)
+        if size < 8:
+            ns[f"LDS{size}"] = memory.loader(size, True)
+    for i, h in enumerate(map_handles):
+        ns[f"MAPH{i}"] = h
+    for i, v in enumerate(map_values):
+        ns[f"MAPV{i}"] = v
+    for hid, fn in rt.helpers.items():
+        ns[f"H{hid}"] = fn
+    exec(compile(src, "<ebpf>", "exec"), ns)  # noqa: S102 - our own translation
+    return {s: ns[f"F{s}"] for s in starts}
