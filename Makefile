@@ -32,7 +32,8 @@ lint: setup
 	$(BIN)/ruff check stord clients tests bench
 
 bench: setup
-	$(BIN)/python -m bench.run
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 kernel-test: setup
 	bash kernel_patch/build.sh

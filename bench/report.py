@@ -117,10 +117,14 @@ def latency_tables(res: dict[str, Any]) -> str:
     return "\n\n".join(parts)
 
 
+def la_unknown() -> list[float]:
+    return [float("nan")] * 3
+
+
 def machine_block(res: dict[str, Any]) -> str:
     m = res["machine"]
     pk = ", ".join(f"{k} {v}" for k, v in m["packages"].items())
-    la, lb = m["loadavg_start"], res.get("loadavg_end", ["?"] * 3)
+    la, lb = m["loadavg_start"], res.get("loadavg_end") or la_unknown()
     return "\n".join([
         f"- run: {m['date_utc']} UTC, commit {m['git_commit']}, took {res.get('elapsed_s', 0):.0f} s",
         f"- machine: {m['nproc']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB, "

@@ -1,0 +1,84 @@
+"""stord's engines through stord's own code path: builtins.resolve + executor.execute."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from bench.datagen import VALUE_COLUMN, Dataset
+from bench.measure import Throughput, time_runs
+
+# Engines measured here, in the order of the table; hook needs our kernel in a VM.
+BENCH_ENGINES = ("jit", "kernel", "interp")
+
+
+def engine_names() -> list[str]:
+    """Every engine of BENCH_ENGINES this stord knows about (unavailable ones are reported
+    as rows with the reason, not dropped)."""
+    try:
+        from stord.engines.base import ENGINES
+    except ImportError:
+        return []
+    return [e for e in BENCH_ENGINES if e in ENGINES]
+
+
+def header_line(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.readline()
+
+
+def avg_program(path: str) -> tuple[Any, Any]:
+    """(Program, finish) of the built-in avg over the value column, as the daemon builds it."""
+    from stord.query.builtins import resolve
+
+    return resolve("avg", {"col": VALUE_COLUMN, "header": 1}, header_line(path))
+
+
+def run_avg(prog: Any, finish: Any, path: str, engine: str, start: int = 0,
+            end: int | None = None) -> float:
+    from stord.query.executor import execute
+
+    kw: dict[str, Any] = {"engine": engine, "start": start}
+    if end is not None:
+        kw["end"] = end
+    out = execute(prog, path, **kw)
+    return finish_value(prog, finish, out)
+
+
+def finish_value(prog: Any, finish: Any, out: Any) -> float:
+    """The executor's result for one range -> the finished average."""
+    from stord.query.state import decode
+
+    state = getattr(out, "state", out)
+    if isinstance(out, dict) and "state" in out:
+        state = out["state"]
+    decoded = state if isinstance(state, dict) else decode(prog, state)
+    return float(finish(decoded))
+
+
+def stord_engine(ds: Dataset, engine: str, runs: int, *, budget_s: float = 30) -> Throughput:
+    rec = Throughput(f"stord {engine}", ds.size, expected=ds.avg)
+    try:
+        from stord.engines.base import get_engine
+
+        get_engine(engine)
+        prog, finish = avg_program(ds.path)
+    except Exception as e:  # noqa: BLE001 - unavailable engine: a row with the reason
+        rec.error = f"{type(e).__name__}: {e}".splitlines()[0]
+        return rec
+    # One untimed run: compiles (jit) or loads (kernel) the program and fills caches, so the
+    # timed runs measure scanning, as a daemon with a warm cache does.
+    t0 = time.perf_counter()
+    try:
+        run_avg(prog, finish, ds.path, engine)
+    except Exception as e:  # noqa: BLE001
+        rec.error = f"{type(e).__name__}: {e}".splitlines()[0]
+        return rec
+    first = time.perf_counter() - t0
+    # Slow engines: as many runs as fit the budget (at least one).
+    n = max(1, min(runs, int(budget_s / max(first, 1e-9))))
+    if n < runs:
+        rec.note = f"{n} run(s) within the {budget_s:.0f} s budget"
+    if ds.size < 10e6:
+        rec.note = (rec.note + "; " if rec.note else "") + f"own {ds.mb:.2f} MB file"
+    return time_runs(rec, lambda: run_avg(prog, finish, ds.path, engine), n)

@@ -1,0 +1,163 @@
+"""Smoke tests of the benchmark code on tiny inputs; oracles are DuckDB and Python's csv."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+import duckdb
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bench import competitors, datagen, report
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def duck_sum_count(path: str) -> tuple[Decimal, int]:
+    """DuckDB's own parse (types sniffed, nothing told) of the value column."""
+    con = duckdb.connect()
+    s, n = con.execute("SELECT sum(value::DECIMAL(18,2)), count(value) FROM read_csv(?)",
+                       [path]).fetchone()
+    con.close()
+    return Decimal(s), n
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 10_000), negative=st.booleans(),
+       size=st.integers(30, 40_000))
+def test_generator_matches_duckdb_and_csv(tmp_path: Path, seed: int, negative: bool,
+                                          size: int) -> None:
+    ds = datagen.generate(tmp_path / f"g{seed}.csv", size, seed=seed, negative=negative)
+    assert os.path.getsize(ds.path) == ds.size
+    s, n = duck_sum_count(ds.path)
+    assert n == ds.rows
+    assert s == Decimal(ds.sum_cents) / 100
+    with open(ds.path, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["id", "sensor", "value", "flag"]
+    assert all(len(r) == 4 for r in rows[1:])
+    assert all(len(r[2].split(".")[1]) == 2 for r in rows[1:])
+    assert any(Decimal(r[2]) < 0 for r in rows[1:]) or not negative or ds.rows < 50
+    assert all(Decimal(r[2]) >= 0 for r in rows[1:]) or negative
+
+
+def test_ensure_reuses_an_existing_file(tmp_path: Path) -> None:
+    a = datagen.ensure(tmp_path, 5000, seed=3)
+    mtime = os.path.getmtime(a.path)
+    b = datagen.ensure(tmp_path, 5000, seed=3)
+    assert a == b and os.path.getmtime(b.path) == mtime
+
+
+cents = st.integers(-10**9, 10**9)
+
+
+def fmt_value(c: int, style: int) -> str:
+    """Two-decimal values in the spellings a CSV may use: 12.30, 12.3, 12, -0.05."""
+    sign = "-" if c < 0 else ""
+    c = abs(c)
+    whole, frac = divmod(c, 100)
+    if style == 1 and frac % 10 == 0:
+        return f"{sign}{whole}.{frac // 10}"
+    if style == 2 and frac == 0:
+        return f"{sign}{whole}"
+    return f"{sign}{whole}.{frac:02d}"
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.tuples(cents, st.integers(0, 2), st.text("abcxyz_ ", max_size=8)),
+                     min_size=1, max_size=60),
+       trailing_newline=st.booleans())
+def test_c_baseline_equals_duckdb(tmp_path: Path, rows: list[tuple[int, int, str]],
+                                  trailing_newline: bool) -> None:
+    text = "id,sensor,value,flag\n" + "\n".join(
+        f"{i},{name},{fmt_value(c, style)},{i % 2}" for i, (c, style, name) in enumerate(rows))
+    p = tmp_path / "t.csv"
+    p.write_text(text + ("\n" if trailing_newline else ""))
+    (n, s, avg, _t), = competitors.run_baseline(str(p))
+    con = duckdb.connect()
+    ds, dn, davg = con.execute(
+        "SELECT sum(value), count(*), avg(value)::DOUBLE FROM read_csv(?, header=true, "
+        f"columns={competitors.DUCKDB_COLUMNS})", [str(p)]).fetchone()
+    con.close()
+    assert n == dn == len(rows)
+    assert Decimal(s) / 100 == ds
+    assert avg == pytest.approx(davg, rel=1e-12, abs=1e-12)
+
+
+def test_competitors_agree_on_a_generated_file(tmp_path: Path) -> None:
+    ds = datagen.generate(tmp_path / "c.csv", 60_000, seed=7)
+    recs = [competitors.c_baseline(ds, 2), competitors.duckdb_avg(ds, 1, threads=1),
+            competitors.duckdb_avg(ds, 1, threads=2), competitors.pandas_avg(ds, 1),
+            competitors.csv_module_avg(ds, 1)]
+    for r in recs:
+        assert r.ok, (r.name, r.error)
+        assert r.times and all(t > 0 for t in r.times)
+    # A wrong answer must be reported as an error, not as a throughput.
+    bad = datagen.Dataset(ds.path, ds.size, ds.rows, ds.sum_cents + 1, ds.seed, ds.negative)
+    assert not competitors.c_baseline(bad, 1).ok
+    assert not competitors.duckdb_avg(bad, 1, threads=1).ok
+
+
+def test_report_tables_from_measured_records(tmp_path: Path) -> None:
+    ds = datagen.generate(tmp_path / "r.csv", 20_000, seed=2)
+    recs = [competitors.c_baseline(ds, 2), competitors.duckdb_avg(ds, 2, threads=1)]
+    res = {"machine": {"date_utc": "x", "git_commit": "x", "nproc": 2, "cpu_model": "x",
+                       "memory_gib": 1, "kernel": "x", "python": "x", "gcc": "x",
+                       "loadavg_start": (0, 0, 0), "packages": {}},
+           "config": {"command": "test"}, "dataset": vars(ds),
+           "throughput": [r.to_dict() for r in recs], "problems": []}
+    md = report.markdown(res)
+    c_row = next(line for line in md.splitlines() if line.startswith("| C baseline"))
+    assert "1.00×" in c_row
+    duck = recs[1].to_dict()
+    ratio = duck["mbps_best"] / recs[0].to_dict()["mbps_best"]
+    assert f"{ratio:,.2f}×" in md
+    out = tmp_path / "RESULTS.md"
+    out.write_text(f"# title\nkept above\n{report.BEGIN}\nold\n{report.END}\nkept below\n")
+    report.update_results_md(out, md)
+    text = out.read_text()
+    assert "kept above" in text and "kept below" in text and "old" not in text
+
+
+def _can_make_netns() -> str | None:
+    if os.geteuid() != 0:
+        return "network namespaces need root (CAP_NET_ADMIN)"
+    if subprocess.run(["ip", "-V"], capture_output=True).returncode:
+        return "iproute2 `ip` is missing"
+    return None
+
+
+def test_netns_pull_moves_the_whole_file_over_the_link(tmp_path: Path) -> None:
+    reason = _can_make_netns()
+    if reason:
+        pytest.skip(reason)
+    from pyroute2 import netns
+
+    from bench.netns import SERVER_IP, Testbed, wait_port
+    ds = datagen.generate(tmp_path / "n.csv", 300_000, seed=5)
+    with Testbed("100mbit") as tb:
+        names = set(tb.ns.values())
+        assert names <= set(netns.listnetns())
+        tb.popen("server", [sys.executable, "-m", "bench.pull", "serve", SERVER_IP, "9199"],
+                 cwd=REPO)
+        wait_port(tb, "client", SERVER_IP, 9199)
+        before = tb.counters()
+        r = tb.run("client", [sys.executable, "-m", "bench.pull", "fetch", SERVER_IP, "9199",
+                              ds.path])
+        delta = tb.counters() - before
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert out["bytes"] == ds.size
+        assert out["avg"] == pytest.approx(ds.avg, rel=1e-12)
+        # The link carried the file plus TCP/IP framing, and the two ends agree.
+        assert ds.size < delta.server_tx < ds.size * 1.2
+        assert delta.server_tx == delta.client_rx
+        assert 0 < delta.client_tx < ds.size // 10
+    assert not names & set(netns.listnetns())
