@@ -191,9 +191,6 @@ class Daemon:
                 try:
                     for obj in unpacker:
                         self._on_message(conn, obj)
-                except rpc.InvalidMessage as e:
-                    self._fatal(conn, e, e.msgid)
-                    break
                 except (msgpack.UnpackException, ValueError, TypeError) as e:
                     # FormatError, StackError, bad UTF-8, non-string map keys...
                     self._fatal(conn, rpc.ProtocolError(
@@ -220,7 +217,13 @@ class Daemon:
         conn.closed = True
 
     def _on_message(self, conn: Conn, obj: Any) -> None:
-        msg = rpc.parse(obj)
+        try:
+            msg = rpc.parse(obj)
+        except rpc.InvalidMessage as e:
+            # Well-formed msgpack, wrong shape: the stream is still in sync, keep serving.
+            self._count_error(e.code)
+            conn.send(rpc.pack_response(e.msgid, e.to_wire(), None))
+            return
         task = asyncio.get_running_loop().create_task(self._handle(conn, msg))
         conn.tasks.add(task)
         task.add_done_callback(conn.tasks.discard)
@@ -316,6 +319,7 @@ class Daemon:
             "daemon_cpu_seconds": t.user + t.system, "workers_cpu_seconds": workers_cpu,
             "daemon_rss": mine, "workers_rss": workers_rss, "rss_total": mine + workers_rss,
             "workers": self.pool.size, "workers_busy": self.pool.busy_count(),
+            "worker_pids": self.pool.pids(), "busy_pids": self.pool.busy_pids(),
             "worker_restarts": self.pool.restarts,
             "queries_served": c.queries_served, "queries_failed": c.queries_failed,
             "queries_active": self.active, "queries_waiting": self.waiting,

@@ -338,6 +338,9 @@ class WorkerPool:
     def pids(self) -> list[int]:
         return [w.pid for w in self.all]
 
+    def busy_pids(self) -> list[int]:
+        return [w.pid for w in self.all if w.busy]
+
     def busy_count(self) -> int:
         return sum(w.busy for w in self.all)
 
