@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import time
 from typing import Any
 
@@ -22,38 +23,39 @@ def engine_names() -> list[str]:
     return [e for e in BENCH_ENGINES if e in ENGINES]
 
 
-def header_line(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.readline()
+# What a client sends for "avg of the value column" (the brief's names; see builtins.py).
+AVG_PARAMS: dict[str, Any] = {"column": VALUE_COLUMN, "header": True}
+
+
+def header_fields(path: str) -> list[str] | None:
+    """The header record's fields, as the daemon reads them (server.read_header)."""
+    try:
+        from stord.server.server import read_header
+    except ImportError:
+        with open(path, newline="") as f:
+            row = next(csv.reader(f), None)
+        return [c.strip() for c in row] if row else None
+    return read_header(path, ",")
 
 
 def avg_program(path: str) -> tuple[Any, Any]:
     """(Program, finish) of the built-in avg over the value column, as the daemon builds it."""
     from stord.query.builtins import resolve
 
-    return resolve("avg", {"col": VALUE_COLUMN, "header": 1}, header_line(path))
+    return resolve("avg", dict(AVG_PARAMS), header_fields(path))
 
 
-def run_avg(prog: Any, finish: Any, path: str, engine: str, start: int = 0,
-            end: int | None = None) -> float:
+def run_avg(prog: Any, path: str, engine: str, start: int = 0, end: int | None = None) -> float:
+    """One execute() over [start, end) and the built-in's finishing step, as a worker and the
+    daemon do for a one-range query."""
+    from stord.query.builtins import finish
     from stord.query.executor import execute
 
     kw: dict[str, Any] = {"engine": engine, "start": start}
     if end is not None:
         kw["end"] = end
     out = execute(prog, path, **kw)
-    return finish_value(prog, finish, out)
-
-
-def finish_value(prog: Any, finish: Any, out: Any) -> float:
-    """The executor's result for one range -> the finished average."""
-    from stord.query.state import decode
-
-    state = getattr(out, "state", out)
-    if isinstance(out, dict) and "state" in out:
-        state = out["state"]
-    decoded = state if isinstance(state, dict) else decode(prog, state)
-    return float(finish(decoded))
+    return float(finish("avg", out["state"], dict(AVG_PARAMS)))
 
 
 def stord_engine(ds: Dataset, engine: str, runs: int, *, budget_s: float = 30) -> Throughput:
@@ -62,7 +64,7 @@ def stord_engine(ds: Dataset, engine: str, runs: int, *, budget_s: float = 30) -
         from stord.engines.base import get_engine
 
         get_engine(engine)
-        prog, finish = avg_program(ds.path)
+        prog, _ = avg_program(ds.path)
     except Exception as e:  # noqa: BLE001 - unavailable engine: a row with the reason
         rec.error = f"{type(e).__name__}: {e}".splitlines()[0]
         return rec
@@ -70,7 +72,7 @@ def stord_engine(ds: Dataset, engine: str, runs: int, *, budget_s: float = 30) -
     # timed runs measure scanning, as a daemon with a warm cache does.
     t0 = time.perf_counter()
     try:
-        run_avg(prog, finish, ds.path, engine)
+        run_avg(prog, ds.path, engine)
     except Exception as e:  # noqa: BLE001
         rec.error = f"{type(e).__name__}: {e}".splitlines()[0]
         return rec
@@ -81,4 +83,4 @@ def stord_engine(ds: Dataset, engine: str, runs: int, *, budget_s: float = 30) -
         rec.note = f"{n} run(s) within the {budget_s:.0f} s budget"
     if ds.size < 10e6:
         rec.note = (rec.note + "; " if rec.note else "") + f"own {ds.mb:.2f} MB file"
-    return time_runs(rec, lambda: run_avg(prog, finish, ds.path, engine), n)
+    return time_runs(rec, lambda: run_avg(prog, ds.path, engine), n)

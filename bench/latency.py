@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.datagen import VALUE_COLUMN, Dataset
+from bench.engines import AVG_PARAMS
 from bench.measure import percentile
 
 REPO = Path(__file__).resolve().parent.parent
@@ -123,7 +124,7 @@ async def _sweep_level(address: str, remote: str, clients: int, seconds: float,
         while time.perf_counter() < stop_at:
             t0 = time.perf_counter()
             try:
-                r = await c.query(remote, "avg", col=VALUE_COLUMN, header=1)
+                r = await c.query(remote, "avg", params=dict(AVG_PARAMS))
                 _check(r.value, ds)
             except Exception:  # noqa: BLE001 - counted, the sweep goes on
                 errors += 1
@@ -151,12 +152,12 @@ def run(ds: Dataset, *, warm_n: int, cold_n: int, sweep: list[int], seconds: flo
     with Daemon(str(Path(ds.path).parent)) as d, Client(d.address) as c:
         # First query of a built-in on a fresh daemon (each worker compiles on first use).
         t0 = time.perf_counter()
-        _check(c.query(remote, "avg", col=VALUE_COLUMN, header=1).value, ds)
+        _check(c.query(remote, "avg", params=dict(AVG_PARAMS)).value, ds)
         out["first_builtin_s"] = time.perf_counter() - t0
         lat = []
         for _ in range(warm_n):
             t0 = time.perf_counter()
-            r = c.query(remote, "avg", col=VALUE_COLUMN, header=1)
+            r = c.query(remote, "avg", params=dict(AVG_PARAMS))
             lat.append(time.perf_counter() - t0)
             _check(r.value, ds)
         out["warm"] = _summary(lat)

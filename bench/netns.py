@@ -14,6 +14,7 @@ import re
 import subprocess
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 
 from pyroute2 import IPRoute, NetNS, netns
@@ -21,6 +22,7 @@ from pyroute2 import IPRoute, NetNS, netns
 SERVER_IP = "10.199.0.1"
 CLIENT_IP = "10.199.0.2"
 PREFIX = "stordb-"
+REPO = Path(__file__).resolve().parent.parent
 _NAME = re.compile(rf"^{PREFIX}(\d+)-(srv|cli)$")
 
 
@@ -123,13 +125,14 @@ class Testbed:
         return ["ip", "netns", "exec", self.ns[side], *argv]
 
     def popen(self, side: str, argv: list[str], **kw: object) -> subprocess.Popen[bytes]:
+        kw.setdefault("cwd", REPO)  # `python -m bench...` / `stord.cli...` from this checkout
         p = subprocess.Popen(self.argv(side, argv), **kw)  # type: ignore[call-overload]
         self._procs.append(p)
         return p
 
     def run(self, side: str, argv: list[str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
         return subprocess.run(self.argv(side, argv), capture_output=True, text=True,
-                              timeout=timeout)
+                              timeout=timeout, cwd=REPO)
 
     def _destroy(self) -> None:
         for p in self._procs:
