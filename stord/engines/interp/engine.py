@@ -88,8 +88,9 @@ class InterpInstance(Instance):
         if DATA_BASE + n > MEM_BASE:
             raise LoadError(f"chunk of {n} bytes is larger than {MEM_BASE - DATA_BASE}")
         self.memory.set_buf("ctx", _CTX.pack(DATA_BASE, DATA_BASE + n, META_BASE, 0, 0, 0))
-        self.memory.set_buf("chunk", _META.pack(offset, STORD_LAST if last else 0, 0)
-                            + bytes(data))
+        chunk = _META.pack(offset, STORD_LAST if last else 0, 0) + bytes(data)
+        self.memory.set_buf("chunk", chunk)
+        self.rt.set_chunk(chunk)
         self.env.data = data
         self.env.data_len = n
         return self._run(CTX_BASE, 0)

@@ -18,7 +18,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from stord.engines.base import MAX_CALL_DEPTH, STACK_TOP
+from stord.engines.base import MAX_CALL_DEPTH, META_BASE, STACK_TOP
 from stord.errors import BudgetExceeded, ProgramFault
 from stord.program import isa
 from stord.program.isa import Insn
@@ -259,6 +259,15 @@ class Runtime:
         self.stack = bytearray(STACK_BYTES)
         self.stack_cell = memory.add("stack", STACK_BASE, self.stack, True)
         self.functions: dict[int, Callable[..., int]] = {}
+        self.ns: dict[str, Any] = {}
+
+    def set_chunk(self, buf: bytes) -> None:
+        """The meta + data buffer at META_BASE, for the translated code's inline fast path
+        (the same buffer must also be the memory's "chunk" region)."""
+        ns = self.ns
+        ns["CH"] = buf
+        for size in (1, 2, 4, 8):
+            ns[f"CHN{size}"] = len(buf) - size + 1
 
 
 def _imm64(imm: int) -> int:
@@ -301,7 +310,14 @@ class _Translator:
                 tail = " & M64" if signed else ""
                 return [f"{d} = {un}(STK, r10 + {k})[0]{tail}"]
             fn = ("LDS" if signed else "LD") + str(size)
-            return [f"{d} = {fn}({s} + {off}, {i})"]
+            # Fast path for the chunk (meta + data), where hot loops read: inline check.
+            o = f"{s} + {off - META_BASE}" if off != META_BASE else s
+            if size == 1:
+                fast = f"((CH[o] ^ 0x80) - 0x80) & M64" if signed else "CH[o]"
+            else:
+                fast = f"{'S' if signed else 'U'}{size}(CH, o)[0]" + (" & M64" if signed else "")
+            return [f"o = {o}", f"if 0 <= o < CHN{size}:", f"    {d} = {fast}",
+                    "else:", f"    {d} = {fn}({s} + {off}, {i})"]
         if cls in (isa.ST, isa.STX) and op & 0xE0 == isa.MEM:
             size = isa.SIZE_BYTES[op & 0x18]
             val = str(imm & ((1 << (8 * size)) - 1)) if cls == isa.ST else s
@@ -423,6 +439,9 @@ class _Translator:
             elif ins.op == isa.EXIT_OP:
                 leaders.add(i + 1)
         blocks = sorted(x for x in leaders if start <= x < end)
+        self.bounds = {b: (blocks[k + 1] if k + 1 < len(blocks) else end)
+                       for k, b in enumerate(blocks)}
+        self.inline_left = 4 * len(blocks) + 64  # cap on duplicated blocks per function
         e = self.emit
         e(0, f"def F{start}(r1, r2, r3, r4, r5, r10, depth):")
         e(1, f"if depth >= {MAX_CALL_DEPTH}:")
@@ -436,7 +455,7 @@ class _Translator:
 
     def tree(self, blocks: list[int], lo: int, hi: int, depth: int, end: int) -> None:
         if hi - lo == 1:
-            self.block(blocks, lo, depth, end)
+            self.block(blocks[lo], depth, 0)
             return
         mid = (lo + hi) // 2
         self.emit(depth, f"if pc < {blocks[mid]}:")
@@ -444,9 +463,18 @@ class _Translator:
         self.emit(depth, "else:")
         self.tree(blocks, mid, hi, depth + 1, end)
 
-    def block(self, blocks: list[int], k: int, depth: int, end: int) -> None:
-        start = blocks[k]
-        stop = blocks[k + 1] if k + 1 < len(blocks) else end
+    def goto(self, src: int, t: int, depth: int, chain: int) -> None:
+        """Continue at block t: inline a small block reached by a forward edge (tail
+        duplication, so straight-line paths skip the dispatch), else go through `pc`."""
+        stop = self.bounds[t]
+        if (t > src and chain < 3 and stop - t <= 16 and self.inline_left > 0):
+            self.inline_left -= 1
+            self.block(t, depth, chain + 1)
+        else:
+            self.emit(depth, f"pc = {t}")
+
+    def block(self, start: int, depth: int, chain: int) -> None:
+        stop = self.bounds[start]
         e = self.emit
         slots = [i for i in range(start, stop) if i not in self.second]
         e(depth, f"b -= {len(slots)}")
@@ -461,17 +489,17 @@ class _Translator:
                 return
             if t is not None:
                 if ins.op & 0xF0 == isa.JA:
-                    e(depth, f"pc = {t}")
+                    self.goto(start, t, depth, chain)
                 else:
                     e(depth, f"if {self.cond(ins)}:")
-                    e(depth + 1, f"pc = {t}")
+                    self.goto(start, t, depth + 1, chain)
                     e(depth, "else:")
-                    e(depth + 1, f"pc = {i + 1}")
+                    self.goto(start, i + 1, depth + 1, chain)
                 return
             for line in self.insn(i, ins):
                 e(depth, line)
         # Fell through into the next block (validation forbids falling off a function).
-        e(depth, f"pc = {stop}")
+        self.goto(start, stop, depth, chain)
 
     def source(self) -> tuple[str, list[int]]:
         starts = function_starts(self.insns)
@@ -491,7 +519,7 @@ def build(insns: list[Insn], rt: Runtime, memory: Memory, map_handles: list[int]
     """Compile the program against a runtime; returns {start slot: function}."""
     src, starts = translate(insns)
     u = {n: struct.Struct("<" + c).unpack_from for n, c in
-         (("U2", "H"), ("U4", "I"), ("U8", "Q"), ("S2", "h"), ("S4", "i"))}
+         (("U2", "H"), ("U4", "I"), ("U8", "Q"), ("S1", "b"), ("S2", "h"), ("S4", "i"))}
     p = {n: struct.Struct("<" + c).pack_into for n, c in (("P2", "H"), ("P4", "I"), ("P8", "Q"))}
 
     def budget(pc: int) -> None:
@@ -516,13 +544,15 @@ def build(insns: list[Insn], rt: Runtime, memory: Memory, map_handles: list[int]
         memory.storer(size)(addr, new & mask, pc)
         return old
 
-    ns: dict[str, Any] = {
+    ns = rt.ns
+    ns.update({
         "M64": M64, "M32": M32, "S64": S64, "S32": S32, "STK": rt.stack,
         "STKC": rt.stack_cell, "BUD": rt.budget, "FUNC_BASE": func_base,
         "BUDGET": budget, "DEPTH": depth, "ATOM": atomic, "CALLX": rt.callx,
         "SDIV64": sdiv64, "SMOD64": smod64, "SDIV32": sdiv32, "SMOD32": smod32,
         "BSWAP16": bswap16, "BSWAP32": bswap32, "BSWAP64": bswap64, **u, **p,
-    }
+    })
+    rt.set_chunk(b"")
     for size in (1, 2, 4, 8):
         ns[f"LD{size}"] = memory.loader(size, False)
         ns[f"ST{size}"] = memory.storer(size)
