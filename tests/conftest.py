@@ -24,6 +24,7 @@ from stord.server.launch import Daemon, start_daemon  # noqa: E402
 ALICE = "alice-token-0123456789"
 BOB = "bob-token-9876543210"
 TEST_BUDGET = 5_000_000      # instructions per call: small files need far fewer
+HUGE_BUDGET = 1 << 40        # so large that only the CPU-time limit can stop a runaway
 SENSORS_ROWS = 60
 
 
@@ -57,10 +58,10 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def write_config(path: Path, root: Path, *, tenants: bool = True, limits: str = "",
-                 extra: str = "") -> Path:
+                 extra: str = "", budget: int = TEST_BUDGET, grace: float = 5) -> Path:
     text = f'''listen = "127.0.0.1:0"
 workers = 2
-shutdown_grace_seconds = 5
+shutdown_grace_seconds = {grace}
 {extra}
 [exports]
 data = "{root / 'data'}"
@@ -75,7 +76,7 @@ exports = ["data"]
 token = "{BOB}"
 exports = ["other"]
 '''
-    text += f"\n[limits]\ninstruction_budget = {TEST_BUDGET}\n{limits}\n"
+    text += f"\n[limits]\ninstruction_budget = {budget}\n{limits}\n"
     path.write_text(text)
     return path
 
@@ -83,7 +84,8 @@ exports = ["other"]
 @pytest.fixture(scope="session")
 def daemon_factory(tmp_path_factory: pytest.TempPathFactory,
                    data_root: Path) -> Iterator[Callable[..., Daemon]]:
-    """start(name, tenants=True, limits="", extra="") -> a running Daemon, stopped at the end."""
+    """start(name, tenants=True, limits="", extra="", budget=N) -> a running Daemon (stopped
+    at the end of the session). `limits` and `extra` are TOML lines for [limits] / the top."""
     started: list[Daemon] = []
 
     def start(name: str, **kw: object) -> Daemon:

@@ -1,0 +1,325 @@
+"""The daemon: config, paths that cannot escape, tenants, list/stat/stats, limits, hostile
+programs, dead workers and graceful shutdown, all through a real daemon on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ALICE, BOB, HUGE_BUDGET, SENSORS_ROWS
+from stord_client import Client
+
+from stord.errors import AccessDenied, StordError
+from stord.server.config import ConfigError, hash_token, parse_config
+from stord.server.paths import resolve
+
+ENDLESS = r"""
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+volatile __u64 spins;
+SEC("xdp") int endless(struct xdp_md *ctx)
+{
+    for (;;)
+        spins++;
+    return XDP_PASS;
+}
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+OUT_OF_BOUNDS = r"""
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+__u64 total;
+SEC("xdp") int peek(struct xdp_md *ctx)
+{
+    /* no bounds check: reads 1 MiB past the chunk's start */
+    volatile __u8 *p = (volatile __u8 *)(long)ctx->data;
+    total += p[1 << 20];
+    return XDP_PASS;
+}
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+WILD_POINTER = r"""
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+__u64 total;
+SEC("xdp") int wild(struct xdp_md *ctx)
+{
+    /* a pointer made up from an integer: the daemon's own memory would be here */
+    volatile __u64 *p = (volatile __u64 *)(long)0x400000;
+    *p = 42;
+    total += 1;
+    return XDP_PASS;
+}
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+def code_of(excinfo: pytest.ExceptionInfo[BaseException]) -> str:
+    return getattr(excinfo.value, "code", "")
+
+
+# ------------------------------------------------------------------ config (unit)
+
+def test_config_defaults_and_errors(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    cfg = parse_config({"listen": "0.0.0.0:9000", "exports": {"d": "d"},
+                        "tenants": {"t": {"token": "s3cret", "exports": ["d"]}},
+                        "limits": {"query_cpu_seconds": 3}}, base=tmp_path)
+    assert (cfg.host, cfg.port) == ("0.0.0.0", 9000)
+    assert cfg.exports["d"] == (tmp_path / "d").resolve()
+    assert cfg.default_export == "d"           # a single export is the default one
+    assert cfg.limits.query_cpu_seconds == 3.0
+    # only a hash of the token is kept
+    assert cfg.tenants[0].token_sha256 == hash_token("s3cret")
+    assert cfg.tenant_for("s3cret") is cfg.tenants[0] and cfg.tenant_for("x") is None
+    bad = [
+        {"exports": {"d": "nope"}},
+        {"exports": {"../x": "d"}},
+        {"exports": {"d": "d"}, "bogus": 1},
+        {"exports": {"d": "d"}, "limits": {"query_cpu_seconds": -1}},
+        {"exports": {"d": "d"}, "limits": {"cpu": 1}},
+        {"exports": {"d": "d"}, "tenants": {"t": {"exports": ["d"]}}},
+        {"exports": {"d": "d"}, "tenants": {"t": {"token": "a", "exports": ["zz"]}}},
+        {"exports": {"d": "d"}, "listen": "host:notaport"},
+        {"exports": {"d": "d"}, "workers": "two"},
+    ]
+    for raw in bad:
+        with pytest.raises(ConfigError):
+            parse_config(raw, base=tmp_path)
+
+
+def test_paths_cannot_escape(data_root: Path) -> None:
+    cfg = parse_config({"exports": {"data": str(data_root / "data"),
+                                    "other": str(data_root / "other")}})
+    assert resolve(cfg, None, "data/sensors.csv").path == data_root / "data" / "sensors.csv"
+    assert resolve(cfg, None, "data/./sub//more.csv").rel == "sub/more.csv"
+    # a symlink that stays inside is fine and resolves to its target
+    assert resolve(cfg, None, "data/link_in.csv").path.name == "sensors.csv"
+    for bad in ("data/../outside/passwd.csv", "/etc/passwd", "data/link_out.csv",
+                "data/link_dir_out/passwd.csv", "data/sub/../../other/secret.csv"):
+        with pytest.raises(AccessDenied):
+            resolve(cfg, None, bad)
+
+
+# ------------------------------------------------------------------ through the daemon
+
+def test_list_stat_and_tenants(daemon, data_root: Path) -> None:
+    with Client(daemon.address, token=ALICE) as c:
+        names = {e["name"] for e in c.list("data")}
+        assert {"sensors.csv", "sub", "empty.csv", "link_in.csv"} <= names
+        # symlinks that lead out of the export are not even listed
+        assert "link_out.csv" not in names and "link_dir_out" not in names
+        st = c.stat("data/sensors.csv")
+        assert st["size"] == (data_root / "data" / "sensors.csv").stat().st_size
+        assert st["type"] == "file"
+        # alice may not read bob's export
+        with pytest.raises(StordError) as e:
+            c.stat("other/secret.csv")
+        assert code_of(e) == "access_denied"
+        roots = {e["name"] for e in c.list("")}
+        assert roots == {"data"}
+    with Client(daemon.address, token=BOB) as c:
+        assert {e["name"] for e in c.list("other")} == {"secret.csv"}
+
+
+@pytest.mark.parametrize("token, code", [(None, "access_denied"), ("wrong", "access_denied"),
+                                         (BOB, "access_denied")])
+def test_bad_tokens_refused(daemon, token, code) -> None:
+    with Client(daemon.address, token=token) as c:
+        with pytest.raises(StordError) as e:
+            c.query("data/sensors.csv", "count")
+        assert code_of(e) == code
+        assert c.ping()["version"]  # ping needs no token and the daemon is fine
+
+
+@pytest.mark.parametrize("path", ["data/../outside/passwd.csv", "/etc/passwd",
+                                  "data/link_out.csv", "data/link_dir_out/passwd.csv",
+                                  "../../etc/passwd"])
+def test_query_path_escape_refused(daemon, path) -> None:
+    with Client(daemon.address, token=ALICE) as c:
+        with pytest.raises(StordError) as e:
+            c.query(path, "count")
+        assert code_of(e) == "access_denied"
+        with pytest.raises(StordError) as e:
+            c.stat(path)
+        assert code_of(e) == "access_denied"
+
+
+def test_missing_and_non_regular_files(daemon) -> None:
+    with Client(daemon.address, token=ALICE) as c:
+        with pytest.raises(StordError) as e:
+            c.query("data/nope.csv", "count")
+        assert code_of(e) == "not_found"
+        with pytest.raises(StordError) as e:
+            c.query("data/sub", "count")
+        assert code_of(e) == "bad_request"
+        with pytest.raises(StordError) as e:
+            c.query("data/sensors.csv", "no_such_builtin")
+        assert code_of(e) == "not_found"
+        with pytest.raises(StordError) as e:
+            c.query("data/sensors.csv", "count", engine="warp-drive")
+        assert code_of(e) == "engine_unavailable"
+
+
+def test_default_config_serves_cwd_read_only(tmp_path: Path, data_root: Path) -> None:
+    from stord.server.launch import start_daemon
+    d = start_daemon(None, tmp_path / "log", cwd=data_root / "data",
+                     args=("--listen", "127.0.0.1:0", "--workers", "1"))
+    try:
+        with Client(d.address) as c:
+            assert "sensors.csv" in {e["name"] for e in c.list("")}
+            assert c.stat("sensors.csv")["type"] == "file"
+            with pytest.raises(StordError) as e:
+                c.stat("../other/secret.csv")
+            assert code_of(e) == "access_denied"
+        listening = [r for r in d.log_lines() if r["event"] == "listening"][0]
+        assert listening["exports"] == {".": str((data_root / "data").resolve())}
+    finally:
+        assert d.stop() == 0
+
+
+# ------------------------------------------------------------------ programs and limits
+
+def test_program_over_limits(daemon_factory, engine) -> None:
+    d = daemon_factory("limits", limits="max_program_bytes = 2048\nmax_program_insns = 8\n"
+                       "max_result_bytes = 200\n")
+    with Client(d.address, token=ALICE) as c:
+        with pytest.raises(StordError) as e:
+            c.query("data/sensors.csv", "x" * 3000 + "\n", engine=engine)
+        assert code_of(e) == "limit_exceeded" and "2048" in str(e.value)
+        with pytest.raises(StordError) as e:
+            c.query("data/sensors.csv", b"\x7fELF" + b"\0" * 4000, engine=engine)
+        assert code_of(e) == "limit_exceeded"
+        with pytest.raises(StordError) as e:  # a built-in has more than 8 instructions
+            c.query("data/sensors.csv", "count", engine=engine)
+        assert code_of(e) == "limit_exceeded" and "instructions" in str(e.value)
+        assert c.ping()["version"]
+
+
+def test_endless_loop_stopped_by_budget(daemon, engine) -> None:
+    with Client(daemon.address, token=ALICE) as c:
+        with pytest.raises(StordError) as e:
+            c.query("data/sensors.csv", ENDLESS, engine=engine)
+        assert code_of(e) == "budget_exceeded"
+        assert c.query("data/sensors.csv", "count", engine=engine).value is not None
+
+
+@pytest.mark.parametrize("src", [OUT_OF_BOUNDS, WILD_POINTER], ids=["oob", "wild"])
+def test_hostile_memory_access_faults(daemon, engine, src) -> None:
+    with Client(daemon.address, token=ALICE) as c:
+        with pytest.raises(StordError) as e:
+            c.query("data/sensors.csv", src, engine=engine)
+        assert code_of(e) == "program_fault"
+        assert "\n" not in str(e.value)
+        assert c.query("data/sensors.csv", "count", engine=engine).value is not None
+
+
+def test_bad_c_source_and_bad_elf(daemon, engine) -> None:
+    with Client(daemon.address, token=ALICE) as c:
+        with pytest.raises(StordError) as e:
+            c.query("data/sensors.csv", "int main(void) { return nope; }\n", engine=engine)
+        assert code_of(e) == "compile_error"
+        with pytest.raises(StordError) as e:
+            c.query("data/sensors.csv", b"\x7fELF" + b"\x02" * 100, engine=engine)
+        assert code_of(e) == "load_error"
+
+
+def test_cpu_limit_kills_runaway_worker(daemon_factory, engine) -> None:
+    # A budget too large to matter: only the CPU-time watchdog can stop this program.
+    d = daemon_factory("cpu", limits="query_cpu_seconds = 1.5", budget=HUGE_BUDGET)
+    with Client(d.address, token=ALICE) as c:
+        with pytest.raises(StordError) as e:
+            c.query("data/sensors.csv", ENDLESS, engine=engine)
+        assert code_of(e) == "limit_exceeded" and "CPU time" in str(e.value)
+        assert c.query("data/sensors.csv", "count", engine=engine).value is not None
+        assert c.stats()["worker_restarts"] == 1
+
+
+def test_worker_killed_mid_query_fails_only_that_query(daemon_factory, engine) -> None:
+    d = daemon_factory("kill", limits="query_cpu_seconds = 120", budget=HUGE_BUDGET)
+    with Client(d.address, token=ALICE) as c:
+        before = c.stats()
+        box: dict[str, BaseException | None] = {}
+
+        def victim() -> None:
+            try:
+                with Client(d.address, token=ALICE) as v:
+                    v.query("data/sensors.csv", ENDLESS, engine=engine)
+                box["err"] = None
+            except BaseException as e:  # noqa: BLE001 - the test inspects it
+                box["err"] = e
+
+        t = threading.Thread(target=victim)
+        t.start()
+        busy: list[int] = []
+        deadline = time.monotonic() + 60
+        while not busy and time.monotonic() < deadline:
+            time.sleep(0.1)
+            busy = c.stats()["busy_pids"]
+        assert busy, "the query never reached a worker"
+        os.kill(busy[0], signal.SIGKILL)
+        t.join(60)
+        err = box["err"]
+        assert err is not None and getattr(err, "code", "") == "worker_crashed"
+        assert str(busy[0]) in str(err)
+        # the daemon still serves, the pool is back to full size with a new process
+        assert c.query("data/sensors.csv", "count", engine=engine).value is not None
+        after = c.stats()
+        assert after["worker_restarts"] == before["worker_restarts"] + 1
+        assert busy[0] not in after["worker_pids"] and len(after["worker_pids"]) == 2
+
+
+def test_sigterm_is_graceful(daemon_factory, engine) -> None:
+    d = daemon_factory("term")
+    with Client(d.address, token=ALICE) as c:
+        assert c.query("data/sensors.csv", "count", engine=engine).value is not None
+    assert d.stop() == 0
+    events = [r["event"] for r in d.log_lines()]
+    assert events.index("listening") < events.index("stopping") < events.index("stopped")
+    stopped = [r for r in d.log_lines() if r["event"] == "stopped"][0]
+    assert stopped["served"] >= 1
+
+
+def test_sigterm_cancels_runaway_after_grace(daemon_factory, engine) -> None:
+    d = daemon_factory("term2", limits="query_cpu_seconds = 120", budget=HUGE_BUDGET,
+                       grace=1)
+    box: dict[str, BaseException | None] = {}
+
+    def victim() -> None:
+        try:
+            with Client(d.address, token=ALICE) as v:
+                v.query("data/sensors.csv", ENDLESS, engine=engine)
+            box["err"] = None
+        except BaseException as e:  # noqa: BLE001
+            box["err"] = e
+
+    t = threading.Thread(target=victim)
+    t.start()
+    with Client(d.address, token=ALICE) as c:
+        deadline = time.monotonic() + 60
+        while not c.stats()["busy_pids"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert d.stop(timeout=60) == 0
+    t.join(30)
+    assert getattr(box["err"], "code", "") == "cancelled"
+    assert "shutdown_cancel" in [r["event"] for r in d.log_lines()]
+
+
+def test_stats_count_queries_and_bytes(daemon, engine, data_root) -> None:
+    with Client(daemon.address, token=ALICE) as c:
+        s0 = c.stats()
+        r = c.query("data/sensors.csv", "count", engine=engine)
+        s1 = c.stats()
+    size = (data_root / "data" / "sensors.csv").stat().st_size
+    assert r.stats["bytes_scanned"] == size
+    assert s1["queries_served"] == s0["queries_served"] + 1
+    assert s1["bytes_scanned"] - s0["bytes_scanned"] == size
+    assert s1["bytes_returned"] - s0["bytes_returned"] == r.stats["bytes_returned"]
+    assert 0 < r.stats["bytes_returned"] < 2000
+    assert SENSORS_ROWS > 0
