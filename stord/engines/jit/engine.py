@@ -16,9 +16,11 @@ from typing import ClassVar
 from stord.engines import base
 from stord.engines.jit import layout as L
 from stord.engines.jit.compile import Compiled, get_compiled
-from stord.engines.jit.translate import is_hash
-from stord.errors import BudgetExceeded, CompileError, ProgramFault
+from stord.engines.jit.runtime import CONFORMANCE_HELPERS, LINUX_HELPERS
+from stord.engines.jit.translate import ModuleTranslator
+from stord.errors import BudgetExceeded, CompileError, LoadError, ProgramFault
 from stord.program.model import Program
+from stord.program.validate import validate
 from stord.query.state import State
 
 
@@ -50,7 +52,7 @@ class _MapStore:
         if m.initial:
             ctypes.memmove(self.values, m.initial, min(len(m.initial), size))
         desc.values = ctypes.addressof(self.values)
-        self.hash = is_hash(m.type)
+        self.hash = ModuleTranslator.is_hash(m)
         if self.hash:
             cap = L.index_capacity(m.max_entries)
             self.keys = (ctypes.c_char * max(m.key_size * m.max_entries, 1))()
@@ -130,8 +132,9 @@ class JitInstance(base.Instance):
         _get_buffer(data, ctypes.byref(view), PYBUF_SIMPLE)
         try:
             n = view.len
-            if base.DATA_BASE + n > 0xFFFF_FFFF:
-                raise ProgramFault(f"chunk of {n} bytes does not fit the 32-bit context")
+            if base.DATA_BASE + n > base.MEM_BASE:
+                raise LoadError(f"chunk of {n} bytes is larger than "
+                                f"{base.MEM_BASE - base.DATA_BASE}")
             env = self.env
             env.data = view.buf
             env.data_len = n
@@ -165,8 +168,8 @@ class JitInstance(base.Instance):
         for s in self.stores:
             m = s.m
             if m.is_global_data:
-                if not m.readonly:
-                    st.globals[m.name] = bytes(s.values)[:m.value_size * m.max_entries]
+                if not ModuleTranslator.is_readonly(m):
+                    st.globals[m.name] = bytes(s.values)[:m.value_size]
             else:
                 st.maps[m.name] = s.contents()
         return st
@@ -198,8 +201,7 @@ class JitEngine(base.Engine):
 
 
 def _validate(prog: Program, helpers: str) -> None:
-    try:
-        from stord.program.validate import validate
-    except ImportError:
-        return   # the validator is optional until it lands; translate.py checks structure
-    validate(prog, helpers=helpers)
+    if helpers not in base.HELPER_SETS:
+        raise LoadError(f"unknown helper set {helpers!r} (known: {', '.join(base.HELPER_SETS)})")
+    ids = set(LINUX_HELPERS if helpers == "linux" else CONFORMANCE_HELPERS)
+    validate(prog, ids, allow_callx=helpers == "conformance")

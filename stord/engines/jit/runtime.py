@@ -16,7 +16,7 @@ from llvmlite import ir
 
 from stord.engines import base
 from stord.engines.jit import layout as L
-from stord.engines.jit.translate import I1, I8, I32, I64, PTR, VOID, c64, is_hash, map_handle
+from stord.engines.jit.translate import I1, I8, I32, I64, PTR, VOID, c64, map_handle
 from stord.errors import CompileError
 from stord.program.model import MAP_ARRAY, MAP_HASH, MAP_PERCPU_ARRAY, MAP_PERCPU_HASH
 
@@ -29,7 +29,9 @@ LOOP_MAX = 1 << 23          # the kernel's BPF_MAX_LOOPS
 CLOCK_MONOTONIC = 1
 
 LINUX_HELPERS = (1, 2, 3, 5, 6, 7, 8, 181, 189, 190)
-CONFORMANCE_HELPERS = (5,)
+CONFORMANCE_HELPERS = (0, 1, 2, 3, 4, 5)
+BPF_F_LOCK = 4              # accepted and ignored, as in the interp
+TRACE_MAX_LEN = 1024
 
 
 def neg(errno: int) -> ir.Constant:
@@ -41,14 +43,15 @@ class Runtime:
         self.mt = mt
         self.module = mt.module
         self.ids = LINUX_HELPERS if mt.helpers == "linux" else CONFORMANCE_HELPERS
-        for i, m in enumerate(mt.prog.maps):
-            if m.type not in (MAP_HASH, MAP_ARRAY, MAP_PERCPU_ARRAY, MAP_PERCPU_HASH):
+        for m in mt.prog.maps:
+            if m.type not in (MAP_HASH, MAP_ARRAY, MAP_PERCPU_ARRAY, MAP_PERCPU_HASH) \
+                    and not m.is_global_data:
                 raise CompileError(f"map {m.name!r} has unsupported type {m.type}")
-            if is_hash(m.type) and not m.key_size:
-                raise CompileError(f"hash map {m.name!r} has no key")
-            if not is_hash(m.type) and m.key_size != 4:
+            if m.key_size <= 0 or m.value_size <= 0 or m.max_entries <= 0:
+                raise CompileError(f"map {m.name!r}: key/value sizes and max_entries must "
+                                   f"be > 0")
+            if not mt.is_hash(m) and m.key_size != 4:
                 raise CompileError(f"array map {m.name!r} has key size {m.key_size}, not 4")
-            del i
         self.xlate_slow = self._xlate_slow()
         self._hash_fns: dict[int, tuple[ir.Function, ir.Function, ir.Function]] = {}
         self._ktime: ir.Function | None = None
@@ -95,7 +98,9 @@ class Runtime:
             raise CompileError(f"helper {hid} at slot {pc} is not in the "
                                f"{self.mt.helpers!r} helper set")
         if self.mt.helpers == "conformance":
-            self._unwind(ft, pc)
+            emit = {0: self._gather_bytes, 1: self._memfrob, 2: self._smp_id, 3: self._sqrti,
+                    4: self._strcmp_ext, 5: self._unwind}[hid]
+            emit(ft, pc)
             return
         emit = {1: self._lookup, 2: self._update, 3: self._delete, 5: self._ktime_ns,
                 6: self._trace_printk, 7: self._prandom, 8: self._smp_id, 181: self._loop,
@@ -165,7 +170,7 @@ class Runtime:
         def body(i: int) -> ir.Value:
             m = self.mt.prog.maps[i]
             vbase = c64(base.map_base(i))
-            if is_hash(m.type):
+            if self.mt.is_hash(m):
                 keyp = ft.host_ptr(ft.reg(2), m.key_size, False, pc)
                 find, _, _ = self.hash_fns(i)
                 pos = b.call(find, [ft.map_desc(i), keyp])
@@ -190,16 +195,16 @@ class Runtime:
 
         def body(i: int) -> ir.Value:
             m = self.mt.prog.maps[i]
-            if m.readonly:
-                return neg(EPERM)
-            flags = ft.reg(4)
-            if is_hash(m.type):
+            flags = b.and_(ft.reg(4), c64(~BPF_F_LOCK))
+            if self.mt.is_hash(m):
                 keyp = ft.host_ptr(ft.reg(2), m.key_size, False, pc)
                 valp = ft.host_ptr(ft.reg(3), m.value_size, False, pc)
                 _, update, _ = self.hash_fns(i)
                 return b.call(update, [ft.map_desc(i), keyp, valp, flags])
             idx = self._array_index(ft, pc)
             valp = ft.host_ptr(ft.reg(3), m.value_size, False, pc)
+            if self.mt.is_readonly(m):
+                return neg(EPERM)
             bad_flags = b.icmp_unsigned(">", flags, c64(BPF_EXIST))
             too_big = b.icmp_unsigned(">=", idx, c64(m.max_entries))
             noexist = b.icmp_unsigned("==", flags, c64(BPF_NOEXIST))
@@ -219,7 +224,7 @@ class Runtime:
 
         def body(i: int) -> ir.Value:
             m = self.mt.prog.maps[i]
-            if not is_hash(m.type):
+            if not self.mt.is_hash(m):
                 ft.host_ptr(ft.reg(2), 4, False, pc)
                 return neg(EINVAL)
             keyp = ft.host_ptr(ft.reg(2), m.key_size, False, pc)
@@ -232,9 +237,29 @@ class Runtime:
         ft.set_reg(0, ft.b.call(self.ktime_fn(), []))
 
     def _trace_printk(self, ft: FunctionTranslator, pc: int) -> None:
-        """Checks that the format is readable; prints nothing (no console in a worker)."""
-        ft.host_ptr(ft.reg(1), ft.b.and_(ft.reg(2), c64(0xFFFF_FFFF)), False, pc)
-        ft.set_reg(0, c64(0))
+        """Checks the format as the interp does (-EINVAL for a size of 0 or above 1024 or
+        no NUL; a fault when unreadable) and returns the format's length up to its NUL.
+        Nothing is printed (a worker has no console) and %-conversions are not expanded,
+        so r0 differs from the interp's when the format has conversions."""
+        b = ft.b
+        size = b.and_(ft.reg(2), c64(0xFFFF_FFFF))
+        bad_size = b.or_(b.icmp_unsigned("==", size, c64(0)),
+                         b.icmp_unsigned(">", size, c64(TRACE_MAX_LEN)))
+        start = b.block
+        check = ft.fn.append_basic_block(f"printk{pc}")
+        done = ft.fn.append_basic_block(f"printk_done{pc}")
+        b.cbranch(bad_size, done, check)
+        b.position_at_end(check)
+        p = ft.host_ptr(ft.reg(1), size, False, pc)
+        n = b.call(self.strnlen_fn(), [p, size])
+        r0 = b.select(b.icmp_unsigned("<", n, size), n, neg(EINVAL))
+        checked = b.block
+        b.branch(done)
+        b.position_at_end(done)
+        phi = b.phi(I64)
+        phi.add_incoming(neg(EINVAL), start)
+        phi.add_incoming(r0, checked)
+        ft.set_reg(0, phi)
 
     def _prandom(self, ft: FunctionTranslator, pc: int) -> None:
         b = ft.b
@@ -259,10 +284,11 @@ class Runtime:
         ft.check(b.icmp_unsigned("==", ctx, c64(base.CTX_BASE)), L.ST_BADCALL, pc, ctx)
         off = b.and_(ft.reg(2), c64(0xFFFF_FFFF))
         n = b.and_(ft.reg(4), c64(0xFFFF_FFFF))
-        bufp = ft.host_ptr(ft.reg(3), n, True, pc)
         dlen = ft.env_field(L.DATA_LEN, invariant=True)
         ok = ft.fits(off, dlen, n)
-        with b.if_then(ok, likely=True):
+        # the range is checked before the buffer, and an empty copy checks nothing
+        with b.if_then(b.and_(ok, b.icmp_unsigned("!=", n, c64(0))), likely=True):
+            bufp = ft.host_ptr(ft.reg(3), n, True, pc)
             data = ft.env_field(L.DATA, PTR, invariant=True)
             self.memcpy(b, bufp, b.gep(data, [off], source_etype=I8), n)
         ft.set_reg(0, b.select(ok, c64(0), neg(EINVAL)))
@@ -270,7 +296,8 @@ class Runtime:
     def _loop(self, ft: FunctionTranslator, pc: int) -> None:
         """bpf_loop(nr, callback, ctx, flags): a native loop calling the callback directly."""
         b = ft.b
-        nr, fnv, ctx, flags = ft.reg(1), ft.reg(2), ft.reg(3), ft.reg(4)
+        nr = b.and_(ft.reg(1), c64(0xFFFF_FFFF))
+        fnv, ctx, flags = ft.reg(2), ft.reg(3), ft.reg(4)
         done = ft.fn.append_basic_block(f"loop_done{pc}")
         results: list[tuple[ir.Value, ir.Block]] = []
         bad_flags = b.icmp_unsigned("!=", flags, c64(0))
@@ -297,8 +324,7 @@ class Runtime:
             b.cbranch(finished, done, body)
             b.position_at_end(body)
             zero = c64(0)
-            res = ft.call_sub(pc, target, [zero, i, ctx] + [zero] * 7)
-            r0 = b.extract_value(res, 0)
+            r0 = ft.call_sub(pc, target, [i, ctx, zero, zero, zero])
             nxt = b.add(i, c64(1))
             stop = b.icmp_unsigned("!=", r0, zero)
             results.append((nxt, b.block))
@@ -311,6 +337,193 @@ class Runtime:
         for v, blk in results:
             phi.add_incoming(v, blk)
         ft.set_reg(0, phi)
+
+    # -- the conformance plugin's helpers 0-4 ---------------------------------------------
+
+    def _gather_bytes(self, ft: FunctionTranslator, pc: int) -> None:
+        b = ft.b
+        r = c64(0)
+        for reg, shift in ((1, 32), (2, 24), (3, 16), (4, 8), (5, 0)):
+            r = b.or_(r, b.shl(b.and_(ft.reg(reg), c64(0xFF)), c64(shift)))
+        ft.set_reg(0, r)
+
+    def _memfrob(self, ft: FunctionTranslator, pc: int) -> None:
+        """memfrob(ptr, len): xor each byte with 42 in place; returns 0."""
+        b = ft.b
+        n = ft.reg(2)
+        with b.if_then(b.icmp_unsigned("!=", n, c64(0))):
+            p = ft.host_ptr(ft.reg(1), n, True, pc)
+            self._byte_loop(ft, n, lambda i: self._xor42(b, b.gep(p, [i], source_etype=I8)))
+        ft.set_reg(0, c64(0))
+
+    @staticmethod
+    def _xor42(b: ir.IRBuilder, q: ir.Value) -> None:
+        b.store(b.xor(b.load(q, typ=I8), ir.Constant(I8, 42)), q)
+
+    def _byte_loop(self, ft: FunctionTranslator, n: ir.Value, body: callable) -> None:
+        """for (i = 0; i < n; i++) body(i), n > 0."""
+        b = ft.b
+        pre = b.block
+        loop = ft.fn.append_basic_block()
+        out = ft.fn.append_basic_block()
+        b.branch(loop)
+        b.position_at_end(loop)
+        i = b.phi(I64)
+        i.add_incoming(c64(0), pre)
+        body(i)
+        nxt = b.add(i, c64(1))
+        i.add_incoming(nxt, b.block)
+        b.cbranch(b.icmp_unsigned("<", nxt, n), loop, out)
+        b.position_at_end(out)
+
+    def _sqrti(self, ft: FunctionTranslator, pc: int) -> None:
+        ft.set_reg(0, ft.b.call(self.isqrt_fn(), [ft.reg(1)]))
+
+    def _strcmp_ext(self, ft: FunctionTranslator, pc: int) -> None:
+        """Compares two C strings (at most 1024 bytes each, every byte read is checked):
+        0 when equal, 1 when the first is greater, -1 when smaller (as Python's bytes)."""
+        b = ft.b
+        la = self._cstring_len(ft, ft.reg(1), pc)
+        lb = self._cstring_len(ft, ft.reg(2), pc)
+        pa = ft.host_ptr(ft.reg(1), la, False, pc)
+        pb = ft.host_ptr(ft.reg(2), lb, False, pc)
+        ft.set_reg(0, b.call(self.bytes_cmp_fn(), [pa, la, pb, lb]))
+
+    def _cstring_len(self, ft: FunctionTranslator, addr: ir.Value, pc: int) -> ir.Value:
+        """Bytes before the NUL at addr (at most TRACE_MAX_LEN), checking each byte read."""
+        b = ft.b
+        pre = b.block
+        loop = ft.fn.append_basic_block()
+        out = ft.fn.append_basic_block()
+        b.branch(loop)
+        b.position_at_end(loop)
+        i = b.phi(I64)
+        i.add_incoming(c64(0), pre)
+        full = b.icmp_unsigned(">=", i, c64(TRACE_MAX_LEN))
+        body = ft.fn.append_basic_block()
+        from_full = b.block
+        b.cbranch(full, out, body)
+        b.position_at_end(body)
+        ch = b.load(ft.host_ptr(b.add(addr, i), 1, False, pc), typ=I8)
+        nxt = b.add(i, c64(1))
+        i.add_incoming(nxt, b.block)
+        from_nul = b.block
+        b.cbranch(b.icmp_unsigned("==", ch, ir.Constant(I8, 0)), out, loop)
+        b.position_at_end(out)
+        n = b.phi(I64)
+        n.add_incoming(i, from_full)
+        n.add_incoming(i, from_nul)
+        return n
+
+    def isqrt_fn(self) -> ir.Function:
+        fn = self.module.globals.get("isqrt")
+        if fn is not None:
+            return fn
+        fn = ir.Function(self.module, ir.FunctionType(I64, [I64]), "isqrt")
+        fn.linkage = "internal"
+        x = fn.args[0]
+        b = ir.IRBuilder(fn.append_basic_block())
+        dbl = ir.DoubleType()
+        sqrt = self.mt.intrinsic("llvm.sqrt.f64", dbl, [dbl])
+        est = b.fptoui(b.call(sqrt, [b.uitofp(x, dbl)]), I64)
+        est = b.select(b.icmp_unsigned(">", est, c64(0xFFFF_FFFF)), c64(0xFFFF_FFFF), est)
+        entry = b.block
+        down = fn.append_basic_block("down")
+        up = fn.append_basic_block("up")
+        b.branch(down)
+        # while s > 0 and s > x / s: s -= 1
+        b.position_at_end(down)
+        s = b.phi(I64)
+        s.add_incoming(est, entry)
+        too_big = b.and_(b.icmp_unsigned("!=", s, c64(0)),
+                         b.icmp_unsigned(">", s, b.udiv(x, b.select(
+                             b.icmp_unsigned("==", s, c64(0)), c64(1), s))))
+        dec = fn.append_basic_block("dec")
+        b.cbranch(too_big, dec, up)
+        b.position_at_end(dec)
+        s.add_incoming(b.sub(s, c64(1)), dec)
+        b.branch(down)
+        # while s + 1 <= x / (s + 1): s += 1
+        b.position_at_end(up)
+        t = b.phi(I64)
+        t.add_incoming(s, down)
+        t1 = b.add(t, c64(1))
+        inc = fn.append_basic_block("inc")
+        done = fn.append_basic_block("done")
+        b.cbranch(b.icmp_unsigned("<=", t1, b.udiv(x, t1)), inc, done)
+        b.position_at_end(inc)
+        t.add_incoming(t1, inc)
+        b.branch(up)
+        b.position_at_end(done)
+        b.ret(t)
+        return fn
+
+    def bytes_cmp_fn(self) -> ir.Function:
+        """i64 cmp(a, la, b, lb): -1, 0 or 1 by unsigned lexicographic order."""
+        fn = self.module.globals.get("bytes_cmp")
+        if fn is not None:
+            return fn
+        fn = ir.Function(self.module, ir.FunctionType(I64, [PTR, I64, PTR, I64]), "bytes_cmp")
+        fn.linkage = "internal"
+        pa, la, pb, lb = fn.args
+        b = ir.IRBuilder(fn.append_basic_block())
+        n = b.select(b.icmp_unsigned("<", la, lb), la, lb)
+        entry = b.block
+        loop = fn.append_basic_block("loop")
+        body = fn.append_basic_block("body")
+        tail = fn.append_basic_block("tail")
+        b.branch(loop)
+        b.position_at_end(loop)
+        i = b.phi(I64)
+        i.add_incoming(c64(0), entry)
+        b.cbranch(b.icmp_unsigned("<", i, n), body, tail)
+        b.position_at_end(body)
+        ca = b.load(b.gep(pa, [i], source_etype=I8), typ=I8)
+        cb = b.load(b.gep(pb, [i], source_etype=I8), typ=I8)
+        differ = fn.append_basic_block("differ")
+        same = fn.append_basic_block("same")
+        b.cbranch(b.icmp_unsigned("!=", ca, cb), differ, same)
+        b.position_at_end(differ)
+        b.ret(b.select(b.icmp_unsigned(">", ca, cb), c64(1), c64(-1)))
+        b.position_at_end(same)
+        i.add_incoming(b.add(i, c64(1)), same)
+        b.branch(loop)
+        b.position_at_end(tail)
+        b.ret(b.select(b.icmp_unsigned("==", la, lb), c64(0),
+                       b.select(b.icmp_unsigned(">", la, lb), c64(1), c64(-1))))
+        return fn
+
+    def strnlen_fn(self) -> ir.Function:
+        """i64 strnlen(p, n): index of the first NUL in p[0..n), or n."""
+        fn = self.module.globals.get("strnlen_")
+        if fn is not None:
+            return fn
+        fn = ir.Function(self.module, ir.FunctionType(I64, [PTR, I64]), "strnlen_")
+        fn.linkage = "internal"
+        p, n = fn.args
+        b = ir.IRBuilder(fn.append_basic_block())
+        entry = b.block
+        loop = fn.append_basic_block("loop")
+        body = fn.append_basic_block("body")
+        out = fn.append_basic_block("out")
+        b.branch(loop)
+        b.position_at_end(loop)
+        i = b.phi(I64)
+        i.add_incoming(c64(0), entry)
+        b.cbranch(b.icmp_unsigned("<", i, n), body, out)
+        b.position_at_end(body)
+        ch = b.load(b.gep(p, [i], source_etype=I8), typ=I8)
+        nxt = fn.append_basic_block("next")
+        found = fn.append_basic_block("found")
+        b.cbranch(b.icmp_unsigned("==", ch, ir.Constant(I8, 0)), found, nxt)
+        b.position_at_end(found)
+        b.ret(i)
+        b.position_at_end(nxt)
+        i.add_incoming(b.add(i, c64(1)), nxt)
+        b.branch(loop)
+        b.position_at_end(out)
+        b.ret(n)
+        return fn
 
     # -- intrinsics and libc -------------------------------------------------------------
 

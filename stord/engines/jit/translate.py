@@ -23,17 +23,17 @@ from stord.engines import base
 from stord.engines.jit import layout as L
 from stord.errors import CompileError
 from stord.program import isa
-from stord.program.model import MAP_HASH, MAP_PERCPU_HASH, Program
+from stord.program.model import MAP_HASH, MAP_PERCPU_HASH, MapDef, Program
 
 I1, I8, I16, I32, I64 = (ir.IntType(n) for n in (1, 8, 16, 32, 64))
 PTR = ir.PointerType()
 VOID = ir.VoidType()
-RET = ir.LiteralStructType([I64] * 6)   # a subprogram returns r0..r5 (shared register file)
+RET = I64   # a subprogram returns r0
 
 STACK_SPAN = base.MAX_CALL_DEPTH * isa.STACK_SIZE
 STACK_LO = base.STACK_TOP - STACK_SPAN   # virtual address of host stack byte 0
 MAP_SHIFT = base.MAP_STRIDE.bit_length() - 1
-SUB_ARGS = [PTR, PTR, I64] + [I64] * 10   # env, host stack, depth, r0..r9
+SUB_ARGS = [PTR, PTR, I64] + [I64] * 5   # env, host stack, depth, r1..r5
 
 ENTRY_NAME = "stord_entry"
 
@@ -46,13 +46,10 @@ def c32(v: int) -> ir.Constant:
     return ir.Constant(I32, v & 0xFFFF_FFFF)
 
 
-def is_hash(map_type: int) -> bool:
-    return map_type in (MAP_HASH, MAP_PERCPU_HASH)
-
-
 def map_handle(index: int) -> int:
-    """The value `lddw rX, map` puts in a register: the map's index (what helpers take)."""
-    return index
+    """The value `lddw rX, map` puts in a register (as stord.engines.interp.helpers): inside
+    the map's address window, far above its values, so never a readable address."""
+    return base.map_base(index) + base.MAP_STRIDE // 2
 
 
 @dataclass
@@ -102,7 +99,7 @@ class ModuleTranslator:
                                  if ins.op == isa.LDDW and ins.src == isa.PSEUDO_FUNC})
         self.rodata: dict[int, ir.GlobalVariable] = {}
         for i, m in enumerate(prog.maps):
-            if m.readonly:
+            if self.is_readonly(m):
                 data = (m.initial or b"").ljust(m.value_size * m.max_entries, b"\0")
                 g = ir.GlobalVariable(self.module, ir.ArrayType(I8, len(data)), f"rodata_{i}")
                 g.initializer = ir.Constant(ir.ArrayType(I8, len(data)), bytearray(data))
@@ -121,6 +118,15 @@ class ModuleTranslator:
             fn = ir.Function(self.module, ir.FunctionType(ret, args), name=name)
             self._intrinsics[name] = fn
         return fn
+
+    @staticmethod
+    def is_hash(m: MapDef) -> bool:
+        """Global data sections are arrays whatever type the loader gave them."""
+        return not m.is_global_data and m.type in (MAP_HASH, MAP_PERCPU_HASH)
+
+    @staticmethod
+    def is_readonly(m: MapDef) -> bool:
+        return m.readonly or m.name.startswith(".rodata")
 
     def region_size(self, index: int) -> int:
         m = self.prog.maps[index]
@@ -142,9 +148,9 @@ class ModuleTranslator:
         memset = self.intrinsic("llvm.memset.p0.i64", VOID, [PTR, I8, I64, I1])
         b.call(memset, [stack, ir.Constant(I8, 0), c64(STACK_SPAN), ir.Constant(I1, 0)])
         zero = c64(0)
-        args = [fn.args[0], stack, zero, zero, fn.args[1], fn.args[2]] + [zero] * 7
+        args = [fn.args[0], stack, zero, fn.args[1], fn.args[2], zero, zero, zero]
         res = b.call(self.subs[0].fn, args)
-        r0 = b.extract_value(res, 0)
+        r0 = res
         status_p = b.gep(fn.args[0], [c64(L.STATUS)], source_etype=I8)
         status = b.load(status_p, typ=I64)
         unwound = b.icmp_unsigned("==", status, c64(L.ST_UNWIND))
@@ -164,8 +170,9 @@ class FunctionTranslator:
         self.env, self.stack, self.depth = self.fn.args[0], self.fn.args[1], self.fn.args[2]
         self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
         self.regs = [self.b.alloca(I64, name=f"r{i}") for i in range(11)]
+        # as in the interp: r1-r5 are the arguments, r0 and r6-r9 start at 0
         for i in range(10):
-            self.b.store(self.fn.args[3 + i], self.regs[i])
+            self.b.store(self.fn.args[2 + i] if 1 <= i <= 5 else c64(0), self.regs[i])
         r10 = self.b.sub(c64(base.STACK_TOP), self.b.mul(self.depth, c64(isa.STACK_SIZE)))
         self.b.store(r10, self.regs[10])
         # one fault exit per function; its phis collect (status, pc, addr, info)
@@ -174,10 +181,10 @@ class FunctionTranslator:
         self.fault_phis = [fb.phi(I64, name=n) for n in ("status", "pc", "addr", "info")]
         for phi, off in zip(self.fault_phis, (L.STATUS, L.PC, L.ADDR, L.INFO), strict=True):
             fb.store(phi, fb.gep(self.env, [c64(off)], source_etype=I8))
-        fb.ret(ir.Constant(RET, None))
+        fb.ret(c64(0))
         # after a callee faulted (status already stored): return at once
         self.propagate_block = self.fn.append_basic_block("propagate")
-        ir.IRBuilder(self.propagate_block).ret(ir.Constant(RET, None))
+        ir.IRBuilder(self.propagate_block).ret(c64(0))
         self.blocks: dict[int, ir.Block] = {}
 
     # -- small helpers -------------------------------------------------------------------
@@ -287,7 +294,7 @@ class FunctionTranslator:
                 bb = self.fn.append_basic_block()
                 sw.add_case(c64(i), bb)
                 b.position_at_end(bb)
-                if write and m.readonly:
+                if write and self.mt.is_readonly(m):
                     self.fail(L.ST_ACCESS, pc, addr, info)
                     continue
                 off = b.and_(addr, c64(base.MAP_STRIDE - 1))
@@ -555,10 +562,7 @@ class FunctionTranslator:
         b = self.b
         op = ins.op & 0xF0
         if op == isa.EXIT:
-            res = ir.Constant(RET, None)
-            for i in range(6):
-                res = b.insert_value(res, self.reg(i), i)
-            b.ret(res)
+            b.ret(self.reg(0))
             return
         if op == isa.CALL:
             self._call(pc, ins, is32)
@@ -604,26 +608,18 @@ class FunctionTranslator:
         if is32:
             raise CompileError(f"call in the 32-bit jump class at slot {pc}")
         if ins.op == isa.CALLX_OP:
-            reg = ins.dst if ins.dst else ins.imm
-            if not 0 <= reg <= 10:
-                raise CompileError(f"callx with register {reg} at slot {pc}")
-            self.mt.runtime.helper_dynamic(self, pc, self.reg(reg))
+            self.mt.runtime.helper_dynamic(self, pc, self.reg(ins.dst))
         elif ins.src == isa.PSEUDO_CALL:
-            self.call_local(pc, pc + ins.imm + 1,
-                            [self.reg(i) for i in range(10)])
+            self.set_reg(0, self.call_sub(pc, pc + ins.imm + 1,
+                                          [self.reg(i) for i in range(1, 6)]))
         elif ins.src == 0:
             self.mt.runtime.helper(self, pc, ins.imm)
         else:
             raise CompileError(f"call with source {ins.src} at slot {pc}")
 
-    def call_local(self, pc: int, target: int, regs: list[ir.Value]) -> None:
-        """A program-local call: the callee's r0..r5 come back (shared register file)."""
-        res = self.call_sub(pc, target, regs)
-        for i in range(6):
-            self.set_reg(i, self.b.extract_value(res, i))
-
     def call_sub(self, pc: int, target: int, regs: list[ir.Value]) -> ir.Value:
-        """Call subprogram `target` one frame deeper (r0..r9 = regs); returns its r0..r5."""
+        """Call subprogram `target` one frame deeper (r1..r5 = regs); returns its r0.
+        The caller's r1-r5 stay as they were (as in the interp)."""
         sub = self.mt.subs.get(target)
         if sub is None:
             raise CompileError(f"call at slot {pc} to slot {target}, not a subprogram start")
