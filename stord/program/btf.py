@@ -318,9 +318,9 @@ class Btf:
         if sec is None:
             return
         sec.size = size
-        self._patch_u32(sec.raw_pos + 4, size)
+        self._patch_u32(sec.raw_pos + 8, size)  # name_off, info, size
         new_vars = []
-        for i, (vt, _off, _sz) in enumerate(sec.vars):
+        for vt, _off, _sz in sec.vars:
             v = self.type(vt)
             if v.name not in offsets:
                 raise LoadError(f"variable {v.name!r} of section {name!r} has no ELF symbol")
@@ -329,7 +329,10 @@ class Btf:
                 raise LoadError(f"variable {v.name!r} ({sz} bytes at {off}) lies outside "
                                 f"section {name!r} ({size} bytes)")
             new_vars.append((vt, off, sz))
+        new_vars.sort(key=lambda v: v[1])  # the kernel wants them in address order
+        for i, (vt, off, sz) in enumerate(new_vars):
             rec = sec.raw_pos + _TYPE.size + 12 * i
+            self._patch_u32(rec, vt)
             self._patch_u32(rec + 4, off)
             self._patch_u32(rec + 8, sz)
         sec.vars = new_vars
