@@ -40,7 +40,7 @@ _MOVSX = {"movsx832": (isa.ALU, 8), "movsx1632": (isa.ALU, 16), "movsx864": (isa
 
 _REG_RE = re.compile(r"%r(\d+)$")
 _MEM_RE = re.compile(r"\[\s*(%r\d+)\s*(?:([+-])\s*(\w+))?\s*\]$")
-_PSEUDO_RE = re.compile(r"(map|map_value)\[(\w+)\](?:\s*\+\s*(\w+))?$")
+_PSEUDO_RE = re.compile(r"(map|map_value)\[(-?\w+)\](?:\s*\+\s*(\w+))?$")
 
 
 def _int(text: str) -> int:
