@@ -31,8 +31,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
     ap.add_argument("--size-mb", type=float, default=128,
                     help="main CSV size in MB (default 128)")
-    ap.add_argument("--small-kb", type=float, default=512,
-                    help="CSV size for the interp engine, in KB (default 512)")
+    ap.add_argument("--small-kb", type=float, default=256,
+                    help="CSV size for the interp engine and latency, in KB (default 256)")
     ap.add_argument("--runs", type=int, default=5, help="timed runs per figure (default 5)")
     ap.add_argument("--slow-budget-s", type=float, default=30,
                     help="stop repeating a slow figure after this many seconds (>= 1 run)")
