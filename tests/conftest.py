@@ -10,6 +10,7 @@ import csv
 import random
 import sys
 from collections.abc import Callable, Iterator
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,22 @@ def engine() -> str:
     if reason is not None:
         pytest.skip(f"interp engine not available: {reason}")
     return "interp"
+
+
+# ------------------------------------------------------------------ oracle (Python csv module)
+
+def csv_rows(path: Path, header: bool = True, delimiter: str = ",") -> list[list[str]]:
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f, delimiter=delimiter))
+    return rows[1:] if header else rows
+
+
+def csv_numbers(path: Path, column: int, header: bool = True) -> list[Decimal]:
+    """The column's values that parse as decimals (the rest is what stord calls skipped)."""
+    out = []
+    for row in csv_rows(path, header):
+        try:
+            out.append(Decimal(row[column].strip()))
+        except (IndexError, InvalidOperation):
+            pass
+    return out

@@ -220,6 +220,17 @@ def test_hostile_memory_access_faults(daemon, engine, src) -> None:
         assert c.query("data/sensors.csv", "count", engine=engine).value is not None
 
 
+@pytest.mark.parametrize("src", ['#include "/etc/passwd"\n', '%:include </etc/passwd>\n',
+                                 '#define F "/etc/passwd"\n#include F\n',
+                                 '#include <linux/../../../etc/passwd>\n'])
+def test_c_source_cannot_include_host_files(daemon, src) -> None:
+    # clang would echo the included file's lines in its error message to the client
+    with Client(daemon.address, token=ALICE) as c:
+        with pytest.raises(StordError) as e:
+            c.query("data/sensors.csv", src)
+        assert code_of(e) == "access_denied" and "root:" not in str(e.value)
+
+
 def test_bad_c_source_and_bad_elf(daemon, engine) -> None:
     with Client(daemon.address, token=ALICE) as c:
         with pytest.raises(StordError) as e:

@@ -38,6 +38,7 @@ from stord.errors import (
 )
 from stord.server import rpc
 from stord.server.config import Config
+from stord.server.csource import check_c_source
 from stord.server.log import Log
 from stord.server.paths import Resolved, authenticate, regular_file, resolve
 from stord.server.workers import Owner, TaskFailed, WorkerPool
@@ -486,6 +487,7 @@ class Daemon:
         if "\n" not in prog and len(prog) < 64:
             raise NotFound(f"no built-in program {prog!r} (built-ins: "
                            f"{', '.join(sorted(BUILTINS))}); C source must be the full text")
+        check_c_source(prog)
         import hashlib
         return "c", prog, "c:" + hashlib.sha256(prog.encode()).hexdigest()[:16]
 
