@@ -95,6 +95,19 @@ def load_object(data: bytes, section: str | None = None) -> Program:
         raise LoadError(f"malformed BPF object: {type(e).__name__}: {e}") from None
 
 
+def function_layout(data: bytes, section: str | None = None) -> list[tuple[str, int]]:
+    """(function name, first slot) of every function in the linked program, entry first:
+    what the kernel's func_info needs (BTF FUNC ids are found by these names)."""
+    try:
+        loader = _Loader(bytes(data))
+        loader.load(section)
+    except LoadError:
+        raise
+    except Exception as e:  # noqa: BLE001 - as in load_object
+        raise LoadError(f"malformed BPF object: {type(e).__name__}: {e}") from None
+    return loader.layout
+
+
 class _Loader:
     def __init__(self, data: bytes):
         if len(data) < 64 or data[:4] != b"\x7fELF":
@@ -315,8 +328,11 @@ class _Loader:
         placed: dict[tuple[int, int], int] = {}
         fixups: list[tuple[int, int, tuple[int, int]]] = []   # (linked slot, src, target)
 
+        self.layout: list[tuple[str, int]] = []
+
         def place(f: _Func) -> None:
             placed[(f.sec, f.start)] = len(out)
+            self.layout.append((f.name, len(out)))
             out.extend(self.code[f.sec][f.start:f.end])
             if len(out) > MAX_INSNS:
                 raise LoadError(f"program has more than {MAX_INSNS} instructions")
