@@ -16,8 +16,19 @@ from llvmlite import ir
 
 from stord.engines import base
 from stord.engines.jit import layout as L
-from stord.engines.jit.translate import I1, I8, I32, I64, PTR, VOID, c64, map_handle
+from stord.engines.jit.translate import (
+    I1,
+    I8,
+    I32,
+    I64,
+    PTR,
+    STACK_LO,
+    VOID,
+    c64,
+    map_handle,
+)
 from stord.errors import CompileError
+from stord.program.isa import STACK_SIZE
 from stord.program.model import MAP_ARRAY, MAP_HASH, MAP_PERCPU_ARRAY, MAP_PERCPU_HASH
 
 if TYPE_CHECKING:
@@ -52,18 +63,26 @@ class Runtime:
                                    f"be > 0")
             if not mt.is_hash(m) and m.key_size != 4:
                 raise CompileError(f"array map {m.name!r} has key size {m.key_size}, not 4")
-        self.xlate_slow = self._xlate_slow()
+        self.xlate = self._xlate()
         self._hash_fns: dict[int, tuple[ir.Function, ir.Function, ir.Function]] = {}
         self._ktime: ir.Function | None = None
 
     # -- ctx, meta and conformance memory --------------------------------------------------
 
-    def _xlate_slow(self) -> ir.Function:
-        """ptr xlate_slow(env, addr, size, write): ctx/meta read-only, mem read-write, or null."""
-        fn = ir.Function(self.module, ir.FunctionType(PTR, [PTR, I64, I64, I64]), "xlate_slow")
+    def _xlate(self) -> ir.Function:
+        """ptr xlate(env, stack, depth, addr, size, write): the host address of
+        [addr, addr + size) in whichever region holds it, or null (a fault). Regions: the
+        stack from the current frame up, each map's values (.rodata read-only), the chunk,
+        ctx and meta (read-only) and the conformance memory. Out of line (noinline): the
+        translator inlines only the one check an access most likely needs."""
+        fn = ir.Function(self.module, ir.FunctionType(PTR, [PTR, PTR, I64, I64, I64, I64]),
+                         "xlate")
         fn.linkage = "internal"
-        env, addr, size, write = fn.args
+        fn.attributes.add("noinline")
+        fn.attributes.add("cold")
+        env, stack, depth, addr, size, write = fn.args
         b = ir.IRBuilder(fn.append_basic_block())
+        null = ir.Constant(PTR, None)
 
         def field(off: int, typ: ir.Type) -> ir.Value:
             return b.load(b.gep(env, [c64(off)], source_etype=I8), typ=typ)
@@ -72,23 +91,46 @@ class Runtime:
             return b.and_(b.icmp_unsigned("<=", size, span),
                           b.icmp_unsigned("<=", d, b.sub(span, size)))
 
-        readonly = b.icmp_unsigned("==", write, c64(0))
-        regions = ((base.CTX_BASE, c64(24), L.CTX, True),
-                   (base.META_BASE, c64(base.META_SIZE), L.META, True),
-                   (base.MEM_BASE, None, L.MEM, False))
-        for vbase, span, ptr_off, ro in regions:
-            d = b.sub(addr, c64(vbase))
-            span_v = span if span is not None else field(L.MEM_LEN, I64)
-            ok = fits(d, span_v)
-            if ro:
-                ok = b.and_(ok, readonly)
+        def region(ok: ir.Value, host: callable) -> None:
             hit = fn.append_basic_block()
             miss = fn.append_basic_block()
             b.cbranch(ok, hit, miss)
             b.position_at_end(hit)
-            b.ret(b.gep(field(ptr_off, PTR), [d], source_etype=I8))
+            b.ret(host())
             b.position_at_end(miss)
-        b.ret(ir.Constant(PTR, None))
+
+        readable_only = b.icmp_unsigned("==", write, c64(0))
+        lo = b.sub(c64(base.STACK_TOP), b.mul(b.add(depth, c64(1)), c64(STACK_SIZE)))
+        region(fits(b.sub(addr, lo), b.sub(c64(base.STACK_TOP), lo)),
+               lambda: b.gep(stack, [b.sub(addr, c64(STACK_LO))], source_etype=I8))
+        for i, m in enumerate(self.mt.prog.maps):
+            off = b.sub(addr, c64(base.map_base(i)))
+            ok = fits(off, c64(self.mt.region_size(i)))
+            if self.mt.is_readonly(m):
+                ok = b.and_(ok, readable_only)
+            if i in self.mt.rodata:
+                g = self.mt.rodata[i]
+                region(ok, lambda g=g, off=off: b.gep(g, [off], source_etype=I8))
+            else:
+                def host(i: int = i, off: ir.Value = off) -> ir.Value:
+                    maps = field(L.MAPS, PTR)
+                    desc = b.gep(maps, [c64(i * L.MAPDESC_SIZE)], source_etype=I8)
+                    values = b.load(b.gep(desc, [c64(L.M_VALUES)], source_etype=I8), typ=PTR)
+                    return b.gep(values, [off], source_etype=I8)
+                region(ok, host)
+        for vbase, span_off, span_const, ptr_off, ro in (
+                (base.DATA_BASE, L.DATA_LEN, None, L.DATA, True),
+                (base.CTX_BASE, None, 24, L.CTX, True),
+                (base.META_BASE, None, base.META_SIZE, L.META, True),
+                (base.MEM_BASE, L.MEM_LEN, None, L.MEM, False)):
+            d = b.sub(addr, c64(vbase))
+            span = c64(span_const) if span_off is None else field(span_off, I64)
+            ok = fits(d, span)
+            if ro:
+                ok = b.and_(ok, readable_only)
+            region(ok, lambda d=d, ptr_off=ptr_off: b.gep(field(ptr_off, PTR), [d],
+                                                          source_etype=I8))
+        b.ret(null)
         return fn
 
     # -- helper dispatch -----------------------------------------------------------------
@@ -159,7 +201,7 @@ class Runtime:
             b.unreachable()
 
     def _array_index(self, ft: FunctionTranslator, pc: int) -> ir.Value:
-        p = ft.host_ptr(ft.reg(2), 4, False, pc)
+        p = ft.reg_ptr(pc, 2, 0, 4, False)
         v = ft.b.load(p, typ=I32)
         v.align = 1
         return ft.b.zext(v, I64)
@@ -171,7 +213,7 @@ class Runtime:
             m = self.mt.prog.maps[i]
             vbase = c64(base.map_base(i))
             if self.mt.is_hash(m):
-                keyp = ft.host_ptr(ft.reg(2), m.key_size, False, pc)
+                keyp = ft.reg_ptr(pc, 2, 0, m.key_size, False)
                 find, _, _ = self.hash_fns(i)
                 pos = b.call(find, [ft.map_desc(i), keyp])
                 slot = self._slot_at(b, ft.map_desc(i), pos)
@@ -197,12 +239,12 @@ class Runtime:
             m = self.mt.prog.maps[i]
             flags = b.and_(ft.reg(4), c64(~BPF_F_LOCK))
             if self.mt.is_hash(m):
-                keyp = ft.host_ptr(ft.reg(2), m.key_size, False, pc)
-                valp = ft.host_ptr(ft.reg(3), m.value_size, False, pc)
+                keyp = ft.reg_ptr(pc, 2, 0, m.key_size, False)
+                valp = ft.reg_ptr(pc, 3, 0, m.value_size, False)
                 _, update, _ = self.hash_fns(i)
                 return b.call(update, [ft.map_desc(i), keyp, valp, flags])
             idx = self._array_index(ft, pc)
-            valp = ft.host_ptr(ft.reg(3), m.value_size, False, pc)
+            valp = ft.reg_ptr(pc, 3, 0, m.value_size, False)
             if self.mt.is_readonly(m):
                 return neg(EPERM)
             bad_flags = b.icmp_unsigned(">", flags, c64(BPF_EXIST))
@@ -225,9 +267,9 @@ class Runtime:
         def body(i: int) -> ir.Value:
             m = self.mt.prog.maps[i]
             if not self.mt.is_hash(m):
-                ft.host_ptr(ft.reg(2), 4, False, pc)
+                ft.reg_ptr(pc, 2, 0, 4, False)
                 return neg(EINVAL)
-            keyp = ft.host_ptr(ft.reg(2), m.key_size, False, pc)
+            keyp = ft.reg_ptr(pc, 2, 0, m.key_size, False)
             _, _, delete = self.hash_fns(i)
             return b.call(delete, [ft.map_desc(i), keyp])
 
@@ -250,7 +292,7 @@ class Runtime:
         done = ft.fn.append_basic_block(f"printk_done{pc}")
         b.cbranch(bad_size, done, check)
         b.position_at_end(check)
-        p = ft.host_ptr(ft.reg(1), size, False, pc)
+        p = ft.reg_ptr(pc, 1, 0, size, False)
         n = b.call(self.strnlen_fn(), [p, size])
         r0 = b.select(b.icmp_unsigned("<", n, size), n, neg(EINVAL))
         checked = b.block
@@ -288,7 +330,7 @@ class Runtime:
         ok = ft.fits(off, dlen, n)
         # the range is checked before the buffer, and an empty copy checks nothing
         with b.if_then(b.and_(ok, b.icmp_unsigned("!=", n, c64(0))), likely=True):
-            bufp = ft.host_ptr(ft.reg(3), n, True, pc)
+            bufp = ft.reg_ptr(pc, 3, 0, n, True)
             data = ft.env_field(L.DATA, PTR, invariant=True)
             self.memcpy(b, bufp, b.gep(data, [off], source_etype=I8), n)
         ft.set_reg(0, b.select(ok, c64(0), neg(EINVAL)))
@@ -352,7 +394,7 @@ class Runtime:
         b = ft.b
         n = ft.reg(2)
         with b.if_then(b.icmp_unsigned("!=", n, c64(0))):
-            p = ft.host_ptr(ft.reg(1), n, True, pc)
+            p = ft.reg_ptr(pc, 1, 0, n, True)
             self._byte_loop(ft, n, lambda i: self._xor42(b, b.gep(p, [i], source_etype=I8)))
         ft.set_reg(0, c64(0))
 

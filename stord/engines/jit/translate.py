@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from llvmlite import ir
 
 from stord.engines import base
+from stord.engines.jit import kinds
 from stord.engines.jit import layout as L
 from stord.errors import CompileError
 from stord.program import isa
@@ -33,7 +34,10 @@ RET = I64   # a subprogram returns r0
 STACK_SPAN = base.MAX_CALL_DEPTH * isa.STACK_SIZE
 STACK_LO = base.STACK_TOP - STACK_SPAN   # virtual address of host stack byte 0
 MAP_SHIFT = base.MAP_STRIDE.bit_length() - 1
-SUB_ARGS = [PTR, PTR, I64] + [I64] * 5   # env, host stack, depth, r1..r5
+# env, host stack, ctl (budget and status: a local of stord_entry, so that after inlining
+# they live in registers instead of memory), call depth, r1..r5
+SUB_ARGS = [PTR, PTR, PTR, I64] + [I64] * 5
+CTL_BUDGET, CTL_STATUS = 0, 8
 
 ENTRY_NAME = "stord_entry"
 
@@ -93,6 +97,7 @@ class ModuleTranslator:
             fn = ir.Function(self.module, ir.FunctionType(RET, SUB_ARGS), name=f"sub_{s}")
             fn.linkage = "internal"
             fn.args[0].add_attribute("noalias")
+            fn.args[2].add_attribute("noalias")
             self.subs[s] = Subprogram(s, end, fn)
         # bpf_loop callbacks: every subprogram whose address a program takes
         self.callbacks = sorted({i + ins.imm + 1 for i, ins in enumerate(self.insns)
@@ -148,14 +153,17 @@ class ModuleTranslator:
         memset = self.intrinsic("llvm.memset.p0.i64", VOID, [PTR, I8, I64, I1])
         b.call(memset, [stack, ir.Constant(I8, 0), c64(STACK_SPAN), ir.Constant(I1, 0)])
         zero = c64(0)
-        args = [fn.args[0], stack, zero, fn.args[1], fn.args[2], zero, zero, zero]
-        res = b.call(self.subs[0].fn, args)
-        r0 = res
-        status_p = b.gep(fn.args[0], [c64(L.STATUS)], source_etype=I8)
-        status = b.load(status_p, typ=I64)
+        env = fn.args[0]
+        ctl = b.alloca(I64, 2, name="ctl")
+        budget_p = b.gep(env, [c64(L.BUDGET)], source_etype=I8)
+        b.store(b.load(budget_p, typ=I64), ctl)
+        b.store(zero, b.gep(ctl, [c64(CTL_STATUS)], source_etype=I8))
+        args = [env, stack, ctl, zero, fn.args[1], fn.args[2], zero, zero, zero]
+        r0 = b.call(self.subs[0].fn, args)
+        b.store(b.load(ctl, typ=I64), budget_p)
+        status = b.load(b.gep(ctl, [c64(CTL_STATUS)], source_etype=I8), typ=I64)
         unwound = b.icmp_unsigned("==", status, c64(L.ST_UNWIND))
-        with b.if_then(unwound):
-            b.store(c64(L.ST_OK), status_p)
+        b.store(b.select(unwound, zero, status), b.gep(env, [c64(L.STATUS)], source_etype=I8))
         b.ret(b.select(unwound, zero, r0))
 
 
@@ -167,19 +175,20 @@ class FunctionTranslator:
         self.sub = sub
         self.fn = sub.fn
         self.insns = mt.insns
-        self.env, self.stack, self.depth = self.fn.args[0], self.fn.args[1], self.fn.args[2]
+        self.env, self.stack, self.ctl, self.depth = self.fn.args[:4]
         self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
         self.regs = [self.b.alloca(I64, name=f"r{i}") for i in range(11)]
         # as in the interp: r1-r5 are the arguments, r0 and r6-r9 start at 0
         for i in range(10):
-            self.b.store(self.fn.args[2 + i] if 1 <= i <= 5 else c64(0), self.regs[i])
+            self.b.store(self.fn.args[3 + i] if 1 <= i <= 5 else c64(0), self.regs[i])
         r10 = self.b.sub(c64(base.STACK_TOP), self.b.mul(self.depth, c64(isa.STACK_SIZE)))
         self.b.store(r10, self.regs[10])
         # one fault exit per function; its phis collect (status, pc, addr, info)
         self.fault_block = self.fn.append_basic_block("fault")
         fb = ir.IRBuilder(self.fault_block)
         self.fault_phis = [fb.phi(I64, name=n) for n in ("status", "pc", "addr", "info")]
-        for phi, off in zip(self.fault_phis, (L.STATUS, L.PC, L.ADDR, L.INFO), strict=True):
+        fb.store(self.fault_phis[0], fb.gep(self.ctl, [c64(CTL_STATUS)], source_etype=I8))
+        for phi, off in zip(self.fault_phis[1:], (L.PC, L.ADDR, L.INFO), strict=True):
             fb.store(phi, fb.gep(self.env, [c64(off)], source_etype=I8))
         fb.ret(c64(0))
         # after a callee faulted (status already stored): return at once
@@ -227,8 +236,8 @@ class FunctionTranslator:
         self.b.position_at_end(cont)
 
     def check_status(self) -> None:
-        """After a call that may fault: leave when the env status is set."""
-        st = self.env_field(L.STATUS)
+        """After a call that may fault: leave when the status is set."""
+        st = self.b.load(self.b.gep(self.ctl, [c64(CTL_STATUS)], source_etype=I8), typ=I64)
         cont = self.fn.append_basic_block("called")
         self.b.cbranch(self.b.icmp_unsigned("==", st, c64(0)), cont, self.propagate_block)
         self.b.position_at_end(cont)
@@ -236,7 +245,7 @@ class FunctionTranslator:
     def charge(self, pc: int, n: ir.Value | None = None) -> None:
         """Take `n` (default 1) from the budget; BudgetExceeded when it runs out."""
         n = n if n is not None else c64(1)
-        p = self.env_ptr(L.BUDGET)
+        p = self.ctl
         left = self.b.load(p, typ=I64)
         self.check(self.b.icmp_unsigned(">=", left, n), L.ST_BUDGET, pc)
         self.b.store(self.b.sub(left, n), p)
@@ -265,71 +274,80 @@ class FunctionTranslator:
         return b.and_(b.icmp_unsigned("<=", size, span),
                       b.icmp_unsigned("<=", d, b.sub(span, size)))
 
-    def host_ptr(self, addr: ir.Value, size: int | ir.Value, write: bool, pc: int) -> ir.Value:
-        """Host pointer for `size` bytes at virtual `addr`, or a fault (never returns null)."""
+    def kind(self, pc: int, reg: int, off: int = 0) -> kinds.Kind:
+        state = self.kinds.get(pc)
+        return kinds.shift(state[reg], off) if state is not None else None
+
+    def reg_ptr(self, pc: int, reg: int, off: int, size: int | ir.Value,
+                write: bool) -> ir.Value:
+        """Host pointer for [reg + off, + size): the address kind picks the cheapest check."""
+        addr = self.reg(reg)
+        if off:
+            addr = self.b.add(addr, c64(off))
+        return self.host_ptr(addr, size, write, pc, self.kind(pc, reg, off))
+
+    def map_host_base(self, i: int) -> ir.Value:
+        if i in self.mt.rodata:
+            return self.mt.rodata[i]
+        desc = self.map_desc(i)
+        return self.load_inv(self.b.gep(desc, [c64(L.M_VALUES)], source_etype=I8), PTR)
+
+    def host_ptr(self, addr: ir.Value, size: int | ir.Value, write: bool, pc: int,
+                 kind: kinds.Kind = None) -> ir.Value:
+        """Host pointer for `size` bytes at virtual `addr`, or a fault (never returns null).
+
+        Statically known targets get no check; a known region gets one inline range check
+        with the generic lookup (runtime.xlate) as fallback; the rest use xlate only."""
         b = self.b
+        maps = self.mt.prog.maps
+        if kind is not None and kind[0] == "c" and (kind[1] >> MAP_SHIFT) - 1 < len(maps) \
+                and kind[1] >> MAP_SHIFT:
+            kind = ("m", (kind[1] >> MAP_SHIFT) - 1, kind[1] & (base.MAP_STRIDE - 1))
+        if isinstance(size, int) and kind is not None:
+            if kind[0] == "s" and -isa.STACK_SIZE <= kind[1] and kind[1] + size <= 0:
+                return b.gep(self.stack, [b.sub(addr, c64(STACK_LO))], source_etype=I8)
+        if isinstance(size, int) and kind is not None and kind[0] == "m":
+            i, o = kind[1], kind[2]
+            if 0 <= o and o + size <= self.mt.region_size(i) and \
+                    not (write and self.mt.is_readonly(maps[i])):
+                return b.gep(self.map_host_base(i), [c64(o)], source_etype=I8)
         nbytes = c64(size) if isinstance(size, int) else size
-        info = b.or_(nbytes, c64(L.WRITE_BIT if write else 0))
         done = self.fn.append_basic_block(f"addr{pc}")
         incoming: list[tuple[ir.Value, ir.Block]] = []
-
-        # the stack: the current frame and its callers' frames
-        lo = b.sub(c64(base.STACK_TOP), b.mul(b.add(self.depth, c64(1)), c64(isa.STACK_SIZE)))
-        in_stack = self.fits(b.sub(addr, lo), b.sub(c64(base.STACK_TOP), lo), nbytes)
-        stack_bb = self.fn.append_basic_block()
-        next_bb = self.fn.append_basic_block()
-        b.cbranch(in_stack, stack_bb, next_bb)
-        b.position_at_end(stack_bb)
-        incoming.append((b.gep(self.stack, [b.sub(addr, c64(STACK_LO))], source_etype=I8),
-                         b.block))
-        b.branch(done)
-
-        b.position_at_end(next_bb)
-        maps = self.mt.prog.maps
-        if maps:
-            k = b.sub(b.lshr(addr, c64(MAP_SHIFT)), c64(1))
-            other_bb = self.fn.append_basic_block()
-            sw = b.switch(k, other_bb)
-            for i, m in enumerate(maps):
-                bb = self.fn.append_basic_block()
-                sw.add_case(c64(i), bb)
-                b.position_at_end(bb)
-                if write and self.mt.is_readonly(m):
-                    self.fail(L.ST_ACCESS, pc, addr, info)
-                    continue
-                off = b.and_(addr, c64(base.MAP_STRIDE - 1))
-                self.check(self.fits(off, c64(self.mt.region_size(i)), nbytes), L.ST_ACCESS,
-                           pc, addr, info)
-                if i in self.mt.rodata:
-                    hbase = self.mt.rodata[i]
-                else:
-                    desc = self.map_desc(i)
-                    hbase = self.load_inv(b.gep(desc, [c64(L.M_VALUES)], source_etype=I8), PTR)
-                incoming.append((b.gep(hbase, [off], source_etype=I8), b.block))
-                b.branch(done)
-            b.position_at_end(other_bb)
-
-        # the chunk (read-only): DATA_BASE .. DATA_BASE + data_len
-        if not write:
-            dd = b.sub(addr, c64(base.DATA_BASE))
-            dlen = self.env_field(L.DATA_LEN, invariant=True)
-            data_bb = self.fn.append_basic_block()
-            slow_bb = self.fn.append_basic_block()
-            b.cbranch(self.fits(dd, dlen, nbytes), data_bb, slow_bb)
-            b.position_at_end(data_bb)
-            dptr = self.env_field(L.DATA, PTR, invariant=True)
-            incoming.append((b.gep(dptr, [dd], source_etype=I8), b.block))
+        slow = self.fn.append_basic_block(f"xlate{pc}")
+        if kind is not None and kind[0] in ("s", "S"):
+            fast = self.fn.append_basic_block(f"inrange{pc}")
+            lo = b.sub(c64(base.STACK_TOP),
+                       b.mul(b.add(self.depth, c64(1)), c64(isa.STACK_SIZE)))
+            ok = self.fits(b.sub(addr, lo), b.sub(c64(base.STACK_TOP), lo), nbytes)
+            b.cbranch(ok, fast, slow)
+            b.position_at_end(fast)
+            incoming.append((b.gep(self.stack, [b.sub(addr, c64(STACK_LO))], source_etype=I8),
+                             b.block))
             b.branch(done)
-            b.position_at_end(slow_bb)
-
-        # ctx, meta, conformance memory: out of line
-        p = b.call(self.mt.runtime.xlate_slow, [self.env, addr, nbytes, c64(int(write))])
+        elif kind is not None and kind[0] in ("m", "M") and \
+                not (write and self.mt.is_readonly(maps[kind[1]])):
+            i = kind[1]
+            fast = self.fn.append_basic_block(f"inrange{pc}")
+            off = b.sub(addr, c64(base.map_base(i)))
+            ok = self.fits(off, c64(self.mt.region_size(i)), nbytes)
+            b.cbranch(ok, fast, slow)
+            b.position_at_end(fast)
+            incoming.append((b.gep(self.map_host_base(i), [off], source_etype=I8), b.block))
+            b.branch(done)
+        else:
+            b.branch(slow)
+        b.position_at_end(slow)
+        p = b.call(self.mt.runtime.xlate, [self.env, self.stack, self.depth, addr, nbytes,
+                                           c64(int(write))])
+        info = b.or_(nbytes, c64(L.WRITE_BIT if write else 0))
         self.check(b.icmp_unsigned("!=", p, ir.Constant(PTR, None)), L.ST_ACCESS, pc, addr,
                    info)
         incoming.append((p, b.block))
         b.branch(done)
-
         b.position_at_end(done)
+        if len(incoming) == 1:
+            return incoming[0][0]
         phi = b.phi(PTR)
         for v, blk in incoming:
             phi.add_incoming(v, blk)
@@ -344,17 +362,19 @@ class FunctionTranslator:
         maps = self.env_field(L.MAPS, PTR, invariant=True)
         return self.b.gep(maps, [c64(index * L.MAPDESC_SIZE)], source_etype=I8)
 
-    def load_mem(self, addr: ir.Value, size: int, pc: int, signed: bool = False) -> ir.Value:
+    def load_mem(self, addr: ir.Value, size: int, pc: int, signed: bool = False,
+                 kind: kinds.Kind = None) -> ir.Value:
         ty = ir.IntType(size * 8)
-        v = self.b.load(self.host_ptr(addr, size, False, pc), typ=ty)
+        v = self.b.load(self.host_ptr(addr, size, False, pc, kind), typ=ty)
         v.align = 1
         if size == 8:
             return v
         return self.b.sext(v, I64) if signed else self.b.zext(v, I64)
 
-    def store_mem(self, addr: ir.Value, size: int, value: ir.Value, pc: int) -> None:
+    def store_mem(self, addr: ir.Value, size: int, value: ir.Value, pc: int,
+                  kind: kinds.Kind = None) -> None:
         ty = ir.IntType(size * 8)
-        p = self.host_ptr(addr, size, True, pc)
+        p = self.host_ptr(addr, size, True, pc, kind)
         if value.type != ty:
             value = self.b.trunc(value, ty)
         st = self.b.store(value, p)
@@ -369,6 +389,8 @@ class FunctionTranslator:
         leaders = self._leaders()
         for t in leaders:
             self.block_at(t)
+        handles = {i: map_handle(i) for i in range(len(self.mt.prog.maps))}
+        self.kinds = kinds.analyse(self.insns, self.sub.start, self.sub.end, leaders, handles)
         b.position_at_end(self.blocks[self.sub.start])
         while pc < self.sub.end:
             if pc in self.blocks and b.block is not self.blocks[pc]:
@@ -438,14 +460,15 @@ class FunctionTranslator:
         if mode not in (isa.MEM, isa.MEMSX):
             raise CompileError(f"unsupported load mode {ins.op:#04x} at slot {pc}")
         addr = self.b.add(self.reg(ins.src), c64(ins.off))
-        self.set_reg(ins.dst, self.load_mem(addr, size, pc, signed=mode == isa.MEMSX))
+        self.set_reg(ins.dst, self.load_mem(addr, size, pc, signed=mode == isa.MEMSX,
+                                            kind=self.kind(pc, ins.src, ins.off)))
 
     def _store(self, pc: int, ins: isa.Insn) -> None:
         mode, size = ins.op & 0xE0, isa.SIZE_BYTES[ins.op & 0x18]
         addr = self.b.add(self.reg(ins.dst), c64(ins.off))
         if mode == isa.MEM:
             value = c64(ins.imm) if ins.cls == isa.ST else self.reg(ins.src)
-            self.store_mem(addr, size, value, pc)
+            self.store_mem(addr, size, value, pc, self.kind(pc, ins.dst, ins.off))
         elif mode == isa.ATOMIC and ins.cls == isa.STX and size in (4, 8):
             self._atomic(pc, ins, addr, size)
         else:
@@ -455,7 +478,7 @@ class FunctionTranslator:
         """One thread runs an instance, so atomics are plain read-modify-write."""
         b = self.b
         ty = ir.IntType(size * 8)
-        p = self.host_ptr(addr, size, True, pc)
+        p = self.host_ptr(addr, size, True, pc, self.kind(pc, ins.dst, ins.off))
         old = b.load(p, typ=ty)
         old.align = 1
         src = b.trunc(self.reg(ins.src), ty) if size == 4 else self.reg(ins.src)
@@ -627,6 +650,6 @@ class FunctionTranslator:
         depth = b.add(self.depth, c64(1))
         self.check(b.icmp_unsigned("<", depth, c64(base.MAX_CALL_DEPTH)), L.ST_DEPTH, pc)
         self.charge(pc)
-        res = b.call(sub.fn, [self.env, self.stack, depth] + regs)
+        res = b.call(sub.fn, [self.env, self.stack, self.ctl, depth] + regs)
         self.check_status()
         return res

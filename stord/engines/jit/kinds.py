@@ -1,0 +1,195 @@
+"""Where registers point: a small forward dataflow over one subprogram, done before translation.
+
+For each instruction it knows, per register, one of
+    None            unknown (a scalar, or a pointer of unknown origin)
+    ("c", v)        the constant v (u64)
+    ("s", off)      r10 + off of the current frame
+    ("S",)          somewhere in the stack, offset unknown
+    ("m", i, off)   map_base(i) + off
+    ("M", i)        somewhere in map i's address window, offset unknown
+The translator uses this only to choose code: an access whose target is known statically
+(a spill slot r10-8, a global at a constant offset, a .rodata parameter) gets no run-time
+check at all, one with a known region gets a single inline range check with the generic
+out-of-line lookup as fallback, and the rest go straight to the generic lookup. Every
+outcome is the same as the generic lookup's, so a wrong guess costs speed, never safety.
+"""
+
+from __future__ import annotations
+
+from stord.engines import base
+from stord.program import isa
+from stord.program.isa import Insn
+
+Kind = tuple | None
+State = list  # 11 kinds, r0..r10
+
+M64 = (1 << 64) - 1
+MAP_LOOKUP_ELEM = 1
+
+
+def region(k: Kind) -> Kind:
+    """The kind with its offset forgotten."""
+    if k is None or k[0] == "c":
+        return None
+    if k[0] in ("s", "S"):
+        return ("S",)
+    return ("M", k[1])
+
+
+def meet(a: Kind, b: Kind) -> Kind:
+    if a == b:
+        return a
+    ra, rb = region(a), region(b)
+    return ra if ra is not None and ra == rb else None
+
+
+def shift(k: Kind, delta: int) -> Kind:
+    if k is None:
+        return None
+    if k[0] == "c":
+        return ("c", (k[1] + delta) & M64)
+    if k[0] == "s":
+        return ("s", k[1] + delta)
+    if k[0] == "m":
+        return ("m", k[1], k[2] + delta)
+    return k
+
+
+def _sext32(imm: int) -> int:
+    return imm & M64
+
+
+def analyse(insns: list[Insn], start: int, end: int, leaders: set[int],
+            map_handles: dict[int, int]) -> dict[int, State]:
+    """State before each instruction of [start, end) (only reachable ones)."""
+    entry: State = [("c", 0), None, None, None, None, None, ("c", 0), ("c", 0), ("c", 0),
+                    ("c", 0), ("s", 0)]
+    block_in: dict[int, State] = {start: entry}
+    work = [start]
+    heads = sorted(set(leaders) | {start})
+    out: dict[int, State] = {}
+    while work:
+        pc = work.pop()
+        state = list(block_in[pc])
+        while pc < end:
+            out[pc] = list(state)
+            ins = insns[pc]
+            nxt = pc + 2 if ins.op == isa.LDDW else pc + 1
+            succ = _successors(pc, ins, end)
+            _transfer(state, ins, insns, pc, map_handles)
+            targets = [t for t in succ if t != nxt] if succ is not None else []
+            falls = succ is None or nxt in succ
+            for t in targets:
+                _merge(block_in, work, t, state)
+            if not falls or nxt >= end:
+                break
+            if nxt in leaders:
+                _merge(block_in, work, nxt, state)
+                break
+            pc = nxt
+    del heads
+    return out
+
+
+def _merge(block_in: dict[int, State], work: list[int], t: int, state: State) -> None:
+    old = block_in.get(t)
+    if old is None:
+        block_in[t] = list(state)
+        work.append(t)
+        return
+    new = [meet(a, b) for a, b in zip(old, state, strict=True)]
+    if new != old:
+        block_in[t] = new
+        work.append(t)
+
+
+def _successors(pc: int, ins: Insn, end: int) -> list[int] | None:
+    """Jump successors including the fall-through; None for straight-line code."""
+    cls = ins.cls
+    if cls not in (isa.JMP, isa.JMP32):
+        return None
+    op = ins.op & 0xF0
+    if op == isa.CALL:
+        return None
+    if op == isa.EXIT:
+        return []
+    if op == isa.JA:
+        return [pc + (ins.imm if cls == isa.JMP32 else ins.off) + 1]
+    return [pc + ins.off + 1, pc + 1]
+
+
+def _transfer(st: State, ins: Insn, insns: list[Insn], pc: int,
+              map_handles: dict[int, int]) -> None:
+    cls, op, d = ins.cls, ins.op & 0xF0, ins.dst
+    if ins.op == isa.LDDW:
+        second = insns[pc + 1]
+        if ins.src == isa.PSEUDO_MAP_VALUE:
+            st[d] = ("m", ins.imm, second.imm & 0xFFFF_FFFF)
+        elif ins.src == isa.PSEUDO_MAP_FD:
+            st[d] = ("c", map_handles.get(ins.imm, 0))
+        elif ins.src == isa.PSEUDO_FUNC:
+            st[d] = ("c", base.FUNC_BASE + pc + ins.imm + 1)
+        else:
+            st[d] = ("c", isa.lddw_value(ins, second))
+        return
+    if cls == isa.ALU64:
+        src = st[ins.src] if ins.op & isa.X else ("c", _sext32(ins.imm))
+        if op == isa.MOV:
+            st[d] = src if ins.off == 0 else None
+        elif op == isa.ADD:
+            st[d] = _add(st[d], src)
+        elif op == isa.SUB:
+            st[d] = _sub(st[d], src)
+        else:
+            st[d] = None
+        return
+    if cls == isa.ALU:
+        st[d] = None
+        return
+    if cls == isa.LDX:
+        st[d] = None
+        return
+    if cls == isa.STX and ins.op & 0xE0 == isa.ATOMIC:
+        if ins.imm == isa.CMPXCHG:
+            st[0] = None
+        elif ins.imm & isa.FETCH:
+            st[ins.src] = None
+        return
+    if cls == isa.JMP and op == isa.CALL:
+        r0 = None
+        if ins.op == isa.CALL_OP and ins.src == 0 and ins.imm == MAP_LOOKUP_ELEM:
+            h = st[1]
+            if h is not None and h[0] == "c":
+                for i, handle in map_handles.items():
+                    if handle == h[1]:
+                        r0 = ("M", i)
+        st[0] = r0
+
+
+def _add(a: Kind, b: Kind) -> Kind:
+    if a is None and b is None:
+        return None
+    if a is not None and b is not None and a[0] == "c" and b[0] == "c":
+        return ("c", (a[1] + b[1]) & M64)
+    if b is not None and b[0] == "c":
+        return shift(a, _signed(b[1]))
+    if a is not None and a[0] == "c":
+        return shift(b, _signed(a[1]))
+    # pointer + unknown: the same region, offset unknown (checked at run time)
+    if b is None:
+        return region(a)
+    if a is None:
+        return region(b)
+    return None
+
+
+def _sub(a: Kind, b: Kind) -> Kind:
+    if b is not None and b[0] == "c":
+        return shift(a, -_signed(b[1]))
+    if b is None and a is not None and a[0] != "c":
+        return region(a)
+    return None
+
+
+def _signed(v: int) -> int:
+    return v - (1 << 64) if v >> 63 else v
