@@ -1,0 +1,371 @@
+"""The kernel engine: programs verified by the running kernel and run with BPF_PROG_TEST_RUN.
+
+Oracles: the interp engine (same program, same chunks: decoded states must be equal),
+Python over the same bytes, the upstream bpf_conformance vectors, and the kernel verifier's
+own messages. Skipped, with the probe's reason, where bpf(2) cannot load and run XDP.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stord.engines.base import get_engine
+from stord.engines.kernel.engine import KernelEngine, verify_program
+from stord.errors import LoadError, ValidationError, VerifierError
+from stord.program import isa
+from stord.program.asm import assemble
+from stord.program.elf import load_object
+from stord.program.isa import Insn
+from stord.program.model import MAP_ARRAY, MAP_HASH, MapDef, Program
+from stord.program.toolchain import compile_c
+from stord.query.state import decode
+
+REASON = KernelEngine.probe()
+pytestmark = pytest.mark.skipif(REASON is not None,
+                                reason=f"kernel engine unavailable here: {REASON}")
+
+VECTORS = Path("/work/shared/conformance/tests")
+
+# A chunk scanner the kernel verifier accepts: a bpf_loop callback per byte (it needs BTF
+# func_info), direct packet access bounded by data_end, .rodata parameter, .bss/.data
+# globals, hash, array and per-CPU array maps, and the stord_meta in front of the data.
+LINESTATS_C = r"""
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+struct meta { __u64 offset; __u32 flags; __u32 pad; };
+
+const volatile __u32 mult = 1;
+__u64 lines, digit_sum, bytes_seen, offset_ok, last_seen;
+__u64 max_len __attribute__((btf_decl_tag("stord:max")));
+__u64 cur_len __attribute__((btf_decl_tag("stord:scratch")));
+__u64 calls = 100;
+
+struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 256);
+         __type(key, __u8); __type(value, __u64); } firsts SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 10);
+         __type(key, __u32); __type(value, __u64); } digits SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY); __uint(max_entries, 1);
+         __type(key, __u32); __type(value, __u64); } percpu SEC(".maps");
+
+struct scan { struct xdp_md *ctx; };
+
+static long byte_cb(__u32 i, void *arg)
+{
+	struct scan *s = arg;
+	void *data = (void *)(long)s->ctx->data;
+	void *end = (void *)(long)s->ctx->data_end;
+	__u8 *p, c;
+
+	if (i >= 4096)
+		return 1;
+	p = data + i;
+	if ((void *)(p + 1) > end)
+		return 1;
+	c = *p;
+	if (cur_len == 0) {
+		__u64 one = 1, *v = bpf_map_lookup_elem(&firsts, &c);
+		if (v)
+			*v += 1;
+		else
+			bpf_map_update_elem(&firsts, &c, &one, BPF_ANY);
+	}
+	if (c == '\n') {
+		lines++;
+		if (cur_len > max_len)
+			max_len = cur_len;
+		cur_len = 0;
+	} else {
+		cur_len++;
+		if (c >= '0' && c <= '9') {
+			__u32 k = c - '0';
+			__u64 *d = bpf_map_lookup_elem(&digits, &k);
+			digit_sum += k * mult;
+			if (d)
+				*d += 1;
+		}
+	}
+	return 0;
+}
+
+SEC("xdp") int linestats(struct xdp_md *ctx)
+{
+	struct meta *m = (void *)(long)ctx->data_meta;
+	struct scan s = { .ctx = ctx };
+	__u32 len, k = 0;
+	__u64 *pc;
+
+	if ((void *)(m + 1) > (void *)(long)ctx->data)
+		return XDP_ABORTED;
+	len = ctx->data_end - ctx->data;
+	if (m->offset == bytes_seen)
+		offset_ok++;
+	bytes_seen += len;
+	calls++;
+	pc = bpf_map_lookup_elem(&percpu, &k);
+	if (pc)
+		*pc += len;
+	bpf_loop(len, byte_cb, &s, 0);
+	if (m->flags & 1) {
+		last_seen++;
+		if (cur_len > max_len)
+			max_len = cur_len;
+	}
+	return (m->flags & 1) ? XDP_PASS : XDP_DROP;
+}
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+@pytest.fixture(scope="module")
+def kernel() -> KernelEngine:
+    return KernelEngine()
+
+
+@pytest.fixture(scope="module")
+def linestats() -> Program:
+    return load_object(compile_c(LINESTATS_C))
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def run(engine, prog: Program, chunks: list[bytes]) -> tuple[list[int], dict]:
+    """Run chunks in file order, the last one flagged; (verdicts, decoded state)."""
+    verdicts, off = [], 0
+    with engine.load(prog) as inst:
+        for i, c in enumerate(chunks):
+            verdicts.append(inst.run_chunk(c, off, i == len(chunks) - 1))
+            off += len(c)
+        state = inst.read_state()
+    return verdicts, decode(prog, state)
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({min(c, len(data)) for c in cuts})
+    out, prev = [], 0
+    for p in [*points, len(data)]:
+        out.append(data[prev:p])
+        prev = p
+    return out
+
+
+def python_linestats(data: bytes, mult: int) -> dict:
+    lines = data.split(b"\n")
+    firsts = Counter(ln[:1] or b"\n" for ln in lines[:-1])
+    if lines[-1]:
+        firsts[lines[-1][:1]] += 1
+    digits = Counter(chr(b) for b in data if 48 <= b <= 57)
+    return {
+        "lines": data.count(b"\n"),
+        "digit_sum": sum(int(d) * n for d, n in digits.items()) * mult,
+        "max_len": max((len(ln) for ln in lines), default=0),
+        "bytes_seen": len(data),
+        "firsts": {f[0]: n for f, n in firsts.items()},
+        "digits": {i: digits.get(str(i), 0) for i in range(10)},
+    }
+
+
+# -- differential: kernel vs interp vs Python on the same chunks --------------------------
+
+text = st.text(alphabet="0123456789ab,x\n", max_size=3000).map(str.encode)
+cut_lists = st.lists(st.integers(min_value=0, max_value=3000), max_size=4)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=text, cuts=cut_lists, mult=st.integers(min_value=0, max_value=1000))
+def test_linestats_matches_interp_and_python(kernel, linestats, data, cuts, mult) -> None:
+    prog = linestats.with_params(mult=mult)
+    chunks = split(data, cuts)
+    k_verdicts, k_state = run(kernel, prog, chunks)
+    i_verdicts, i_state = run(get_engine("interp"), prog, chunks)
+    assert k_verdicts == i_verdicts == [1] * (len(chunks) - 1) + [2]
+    assert k_state == i_state
+    want = python_linestats(data, mult)
+    for name in ("lines", "digit_sum", "max_len", "bytes_seen", "firsts", "digits"):
+        assert k_state[name] == want[name], name
+    assert k_state["calls"] == 100 + len(chunks)
+    assert k_state["offset_ok"] == len(chunks)      # meta.offset arrived for every chunk
+    assert k_state["last_seen"] == 1                 # meta.flags LAST only on the last one
+    assert k_state["percpu"] == {0: len(data)}       # all runs on the instance's CPU
+    assert "cur_len" not in k_state                  # scratch stays out of the result
+
+
+def test_long_chunk_runs_in_pieces_the_kernel_can_take(kernel, linestats) -> None:
+    data = (b"12,ab\n" * 1500)[:9000]
+    assert len(data) > 2 * kernel.chunk_size
+    _, state = run(kernel, linestats, [data])
+    want = python_linestats(data, 1)
+    assert state["bytes_seen"] == want["bytes_seen"] and state["lines"] == want["lines"]
+    assert state["digit_sum"] == want["digit_sum"]
+    pieces = -(-len(data) // kernel.chunk_size)
+    assert state["calls"] == 100 + pieces and state["offset_ok"] == pieces
+    assert state["last_seen"] == 1
+
+
+def length_program() -> Program:
+    """r0 = ctx->data_end - ctx->data: what the program sees of the chunk."""
+    return Program(name="len", section="xdp", license="GPL", insns=[
+        Insn(0x61, 2, 1, 0), Insn(0x61, 0, 1, 4), Insn(0x1F, 0, 2), Insn(0x95)])
+
+
+def meta_program(field_off: int) -> Program:
+    """r0 = the u32 at data_meta + field_off, after the bounds check the verifier wants."""
+    return Program(name="meta", section="xdp", license="GPL", insns=[
+        Insn(0x61, 2, 1, 8),               # r2 = data_meta
+        Insn(0x61, 3, 1, 0),               # r3 = data
+        Insn(0xBF, 4, 2), Insn(0x07, 4, 0, 0, 16),
+        Insn(0xB7, 0, 0, 0, 0),
+        Insn(0x2D, 4, 3, 1),               # if r4 > r3 goto exit
+        Insn(0x61, 0, 2, field_off),       # r0 = *(u32 *)(r2 + off)
+        Insn(0x95)])
+
+
+@pytest.mark.parametrize("n", [0, 1, 13, 14, 15, 100, 3519, 3520])
+def test_program_sees_the_whole_chunk_including_short_ones(kernel, n) -> None:
+    with kernel.load(length_program()) as inst:
+        assert inst.run_chunk((bytes(range(256)) * 14)[:n], 0, True) == n
+    assert kernel.chunk_size == 3520
+
+
+@given(offset=st.integers(min_value=0, max_value=(1 << 64) - 1), last=st.booleans(),
+       n=st.integers(min_value=0, max_value=40))
+@settings(max_examples=30, deadline=None)
+def test_metadata_carries_offset_and_last_flag(kernel, offset, last, n) -> None:
+    with kernel.load(meta_program(0)) as lo, kernel.load(meta_program(4)) as hi, \
+            kernel.load(meta_program(8)) as flags:
+        assert lo.run_chunk(b"x" * n, offset, last) == offset & 0xFFFFFFFF
+        assert hi.run_chunk(b"x" * n, offset, last) == offset >> 32
+        assert flags.run_chunk(b"x" * n, offset, last) == int(last)
+
+
+# -- the verifier ---------------------------------------------------------------------------
+
+def test_unchecked_packet_access_is_rejected_with_the_verifier_message(kernel) -> None:
+    prog = Program(name="unchecked", section="xdp", license="GPL", insns=[
+        Insn(0x61, 2, 1, 0),               # r2 = ctx->data
+        Insn(0x71, 0, 2, 0),               # r0 = *(u8 *)(r2 + 0): no data_end check
+        Insn(0x95)])
+    with pytest.raises(VerifierError) as e:
+        kernel.load(prog)
+    assert e.value.code == "verifier_rejected"
+    assert "invalid access to packet" in str(e.value)
+    assert "outside of the packet" in str(e.value).splitlines()[0]
+    with pytest.raises(VerifierError):
+        verify_program(prog)
+
+
+def test_c_program_the_verifier_rejects() -> None:
+    src = r"""
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+SEC("xdp") int peek(struct xdp_md *ctx)
+{
+	unsigned char *p = (void *)(long)ctx->data;
+	return p[ctx->rx_queue_index];   /* unbounded index, no data_end check */
+}
+char LICENSE[] SEC("license") = "GPL";
+"""
+    prog = load_object(compile_c(src))
+    with pytest.raises(VerifierError) as e:
+        verify_program(prog)
+    first = str(e.value).splitlines()[0]
+    assert "peek" in first and ("packet" in first or "unbounded" in first), first
+    assert "processed" not in str(e.value).splitlines()[-1]   # statistics are not the error
+
+
+def test_store_into_frozen_rodata_is_rejected(kernel) -> None:
+    rodata = MapDef(name=".rodata", type=MAP_ARRAY, key_size=4, value_size=8, max_entries=1,
+                    initial=bytes(8), readonly=True)
+    prog = Program(name="wr", section="xdp", license="GPL", maps=[rodata], insns=[
+        Insn(isa.LDDW, 1, isa.PSEUDO_MAP_VALUE, 0, 0), Insn(0, 0, 0, 0, 0),
+        Insn(0x7A, 1, 0, 0, 7),            # *(u64 *)(r1 + 0) = 7
+        Insn(0xB7, 0, 0, 0, 2), Insn(0x95)])
+    with pytest.raises(VerifierError) as e:
+        kernel.load(prog)
+    assert "write into map forbidden" in str(e.value)
+
+
+def test_rodata_parameter_is_a_constant_for_the_verifier(linestats) -> None:
+    """With mult = 0 the verifier knows digit_sum += k * 0 is dead: fewer instructions."""
+    def processed(log: str) -> int:
+        line = next(ln for ln in log.splitlines() if ln.startswith("processed "))
+        return int(line.split()[1])
+    assert processed(verify_program(linestats.with_params(mult=0))) <= \
+        processed(verify_program(linestats.with_params(mult=3)))
+    assert "processed" in verify_program(linestats)
+
+
+def test_kernel_objects_are_released(kernel, linestats) -> None:
+    before = open_fds()
+    for _ in range(3):
+        with kernel.load(linestats) as inst:
+            inst.run_chunk(b"1\n2\n", 0, True)
+            inst.read_state()
+        verify_program(linestats)
+        with pytest.raises(VerifierError):
+            kernel.load(Program(name="bad", section="xdp", license="GPL",
+                                insns=[Insn(0x61, 2, 1, 0), Insn(0x71, 0, 2, 0), Insn(0x95)]))
+        with pytest.raises(LoadError):     # second map is refused: the first must be closed
+            kernel.load(Program(name="badmap", section="xdp", license="GPL", insns=[
+                Insn(0xB7, 0, 0, 0, 2), Insn(0x95)], maps=[
+                MapDef(name="ok", type=MAP_HASH, key_size=4, value_size=8, max_entries=4),
+                MapDef(name="bad", type=MAP_HASH, key_size=0, value_size=8, max_entries=4)]))
+    assert open_fds() == before
+
+
+# -- conformance vectors ----------------------------------------------------------------------
+
+# Vectors the kernel refuses by its own rules, with the verifier's words.
+KERNEL_REFUSES = {
+    **{f"{op}{bits}-imm-{kind}": "invalid shift" for op in ("lsh", "rsh", "arsh")
+       for bits in (32, 64) for kind in ("high", "neg")},
+    "callx": "unknown opcode 8d",              # call by register: not in the kernel ISA
+}
+
+
+def test_conformance_vectors_that_fit_the_kernel(kernel) -> None:
+    from stord.cli.conformance import parse_vector, run_vector
+    files = sorted(VECTORS.glob("*.data"))
+    assert len(files) == 313
+    outcome: Counter[str] = Counter()
+    for path in files:
+        vec = parse_vector(path)
+        prog = Program(name="conformance", section="", insns=vec.insns)
+        if path.stem in KERNEL_REFUSES:
+            with pytest.raises(VerifierError, match=KERNEL_REFUSES[path.stem]):
+                kernel.load(prog, helpers="conformance")
+            outcome["refused by the verifier"] += 1
+            continue
+        if any(i.op == isa.CALL_OP and i.src == 0 for i in vec.insns):
+            with pytest.raises(ValidationError, match="conformance set"):
+                kernel.load(prog, helpers="conformance")
+            outcome["conformance helper"] += 1
+            continue
+        status, detail = run_vector(kernel, vec)
+        assert status == "pass", f"{path.stem}: {detail}"
+        outcome["passed"] += 1
+    print(f"kernel conformance: {dict(outcome)}")
+    assert outcome["passed"] >= 290
+
+
+def test_conformance_r0_keeps_its_high_half(kernel) -> None:
+    prog = Program(name="c", section="", insns=assemble(
+        "lddw %r0, 0x123456789abcdef0\nldxb %r3, [%r1+1]\nadd %r0, %r3\nadd %r0, %r2\nexit"))
+    with kernel.load(prog, helpers="conformance") as inst:
+        assert inst.call(bytearray(b"\x01\x05\x09")) == 0x123456789ABCDEF0 + 5 + 3
+
+
+def test_per_cpu_value_layout_matches_interp(kernel, linestats) -> None:
+    """Per-CPU maps read back as the value of the CPU the runs were pinned to."""
+    data = b"a1\n" * 50
+    _, k = run(kernel, linestats, [data[:70], data[70:]])
+    _, i = run(get_engine("interp"), linestats, [data[:70], data[70:]])
+    assert k["percpu"] == i["percpu"] == {0: len(data)}
