@@ -278,3 +278,33 @@ def test_split_run_merges_to_the_whole(data: bytes, cut: int) -> None:
     assert whole["st"]["seen_bits"] == _or(1 << (c & 7) for c in data)
     assert whole["st"]["last_offset"] == cut          # max of the chunks' file offsets
     assert whole["freq"] == dict(Counter(data))
+
+
+@pytest.mark.parametrize("engine", ["jit", "kernel"])
+@pytest.mark.parametrize("name", ["counter", "maps_globals"])
+def test_every_engine_decodes_the_same_state(engine: str, name: str) -> None:
+    """The same program and chunks on another engine decode to interp's values (the state
+    layouts of all engines go through the same BTF)."""
+    import random
+
+    from stord.engines.base import get_engine
+    from stord.errors import EngineUnavailable
+
+    try:
+        other = get_engine(engine)
+    except EngineUnavailable as e:
+        pytest.skip(str(e))
+    p = prog(name)
+    rnd = random.Random(7)
+    chunks = [bytes(rnd.randrange(256) for _ in range(rnd.randrange(1, 900))) for _ in range(3)]
+    results = []
+    for eng in (_interp(), other):
+        with eng.load(p) as inst:
+            off = 0
+            for i, c in enumerate(chunks):
+                inst.run_chunk(c, off, i == len(chunks) - 1)
+                off += len(c)
+            results.append(decode(p, inst.read_state()))
+    assert results[0] == results[1]
+    if name == "counter":
+        assert results[0]["st"]["bytes"] == sum(map(len, chunks))
