@@ -281,6 +281,17 @@ char LICENSE[] SEC("license") = "GPL";
     assert "processed" not in str(e.value).splitlines()[-1]   # statistics are not the error
 
 
+def test_rejection_names_the_c_source_line(linestats) -> None:
+    """line_info from .BTF.ext, moved to the linked slots, puts C lines into the log."""
+    bad = LINESTATS_C.replace("if ((void *)(p + 1) > end)\n\t\treturn 1;", "")
+    assert bad != LINESTATS_C
+    with pytest.raises(VerifierError) as e:
+        verify_program(load_object(compile_c(bad)))
+    msg = str(e.value)
+    assert "outside of the packet" in msg.splitlines()[0]
+    assert "c = *p; @ program.c:" in msg
+
+
 def test_store_into_frozen_rodata_is_rejected(kernel) -> None:
     rodata = MapDef(name=".rodata", type=MAP_ARRAY, key_size=4, value_size=8, max_entries=1,
                     initial=bytes(8), readonly=True)

@@ -105,6 +105,11 @@ class FuncInfo(ctypes.Structure):
     _fields_ = [("insn_off", c_uint32), ("type_id", c_uint32)]
 
 
+class LineInfo(ctypes.Structure):
+    _fields_ = [("insn_off", c_uint32), ("file_name_off", c_uint32), ("line_off", c_uint32),
+                ("line_col", c_uint32)]
+
+
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
@@ -220,7 +225,8 @@ def btf_load(raw: bytes, *, log_size: int = 1 << 16) -> int:
 
 def prog_load(insns: bytes, license: str, *, name: str = "", prog_type: int = PROG_TYPE_XDP,
               log_level: int = 0, log_size: int = 1 << 20, btf_fd: int = 0,
-              func_info: list[tuple[int, int]] | None = None) -> tuple[int, str]:
+              func_info: list[tuple[int, int]] | None = None,
+              line_info: list[tuple[int, int, int, int]] | None = None) -> tuple[int, str]:
     """Load a program through the verifier; returns (fd, log).
 
     With log_level 0 the kernel writes no log. Otherwise the log buffer grows to the
@@ -231,6 +237,9 @@ def prog_load(insns: bytes, license: str, *, name: str = "", prog_type: int = PR
     fi = None
     if func_info:
         fi = (FuncInfo * len(func_info))(*(FuncInfo(off, tid) for off, tid in func_info))
+    li = None
+    if line_info and fi is not None:   # the kernel takes line_info only with func_info
+        li = (LineInfo * len(line_info))(*(LineInfo(*rec) for rec in line_info))
     while True:
         log = ctypes.create_string_buffer(log_size) if log_level else None
         attr = ProgLoadAttr(prog_type=prog_type, insn_cnt=len(insns) // 8,
@@ -242,6 +251,10 @@ def prog_load(insns: bytes, license: str, *, name: str = "", prog_type: int = PR
             attr.func_info_rec_size = ctypes.sizeof(FuncInfo)
             attr.func_info = ctypes.addressof(fi)
             attr.func_info_cnt = len(func_info or ())
+        if li is not None:
+            attr.line_info_rec_size = ctypes.sizeof(LineInfo)
+            attr.line_info = ctypes.addressof(li)
+            attr.line_info_cnt = len(line_info or ())
         try:
             fd = sys_bpf(PROG_LOAD, attr)
             return fd, _log_text(log)

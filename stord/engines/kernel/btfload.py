@@ -6,7 +6,9 @@ we re-read the raw .BTF section from Program.elf, patch DATASEC sizes and offset
 place, and keep the type ids the kernel needs: DATASEC ids for global-data maps, FUNC ids
 for func_info. The verifier insists on func_info when a program passes a callback
 (`lddw rX, &func` for bpf_loop: "missing btf func_info"), so we rebuild it by matching
-each subprogram of the linked program against the object's function symbols.
+each subprogram of the linked program against the object's function symbols. line_info
+(.BTF.ext, per ELF section) is moved the same way: with it the verifier's log names the C
+source line of each instruction it complains about.
 """
 
 from __future__ import annotations
@@ -38,11 +40,20 @@ class BtfFormatError(ValueError):
 
 
 @dataclass
+class Function:
+    section: str       # ELF section holding the function
+    start: int         # byte offset of its first instruction in that section
+    code: list[Insn]
+
+
+@dataclass
 class KernelBtf:
     raw: bytes
     datasec_ids: dict[str, int] = field(default_factory=dict)   # ".bss" -> DATASEC id
     func_ids: dict[str, int] = field(default_factory=dict)      # function name -> FUNC id
-    functions: dict[str, list[Insn]] = field(default_factory=dict)  # name -> ELF code
+    functions: dict[str, Function] = field(default_factory=dict)
+    # ELF section -> line_info records (byte offset, file name, line text, line/col)
+    lines: dict[str, list[tuple[int, int, int, int]]] = field(default_factory=dict)
 
 
 def kernel_btf(elf: bytes) -> KernelBtf | None:
@@ -56,7 +67,7 @@ def kernel_btf(elf: bytes) -> KernelBtf | None:
     raw = bytearray(sec.data())
     sizes = {s.name: s["sh_size"] for s in f.iter_sections()}
     symbols: dict[str, int] = {}
-    functions: dict[str, list[Insn]] = {}
+    functions: dict[str, Function] = {}
     symtab = f.get_section_by_name(".symtab")
     for sym in symtab.iter_symbols() if symtab is not None else ():
         shndx = sym["st_shndx"]
@@ -66,12 +77,48 @@ def kernel_btf(elf: bytes) -> KernelBtf | None:
         if kind == "STT_OBJECT":
             symbols[sym.name] = sym["st_value"]
         elif kind == "STT_FUNC" and sym["st_size"]:
-            code = f.get_section(shndx).data()
-            functions[sym.name] = decode(code[sym["st_value"]:sym["st_value"] + sym["st_size"]])
+            code_sec = f.get_section(shndx)
+            start = sym["st_value"]
+            functions[sym.name] = Function(
+                code_sec.name, start, decode(code_sec.data()[start:start + sym["st_size"]]))
     out = KernelBtf(raw=b"", functions=functions)
     _fixup(raw, sizes, symbols, out)
     out.raw = bytes(raw)
+    ext = f.get_section_by_name(".BTF.ext")
+    if ext is not None:
+        out.lines = _line_info(ext.data(), out.raw)
     return out
+
+
+_EXT_HDR = struct.Struct("<HBBIIIII")
+
+
+def _line_info(ext: bytes, btf: bytes) -> dict[str, list[tuple[int, int, int, int]]]:
+    """.BTF.ext line_info, by ELF section name; {} when absent or malformed."""
+    try:
+        magic, _v, _f, hdr_len, _fo, _fl, line_off, line_len = _EXT_HDR.unpack_from(ext)
+        _m, _v2, _f2, bhdr_len, _to, _tl, str_off, str_len = _HDR.unpack_from(btf)
+        if magic != BTF_MAGIC or line_len < 4:
+            return {}
+        strings = btf[bhdr_len + str_off:bhdr_len + str_off + str_len]
+        pos = hdr_len + line_off
+        end = pos + line_len
+        rec_size = struct.unpack_from("<I", ext, pos)[0]
+        if rec_size < 16:
+            return {}
+        pos += 4
+        out: dict[str, list[tuple[int, int, int, int]]] = {}
+        while pos + 8 <= end:
+            name_off, n = struct.unpack_from("<II", ext, pos)
+            pos += 8
+            sec = strings[name_off:strings.index(b"\0", name_off)].decode()
+            recs = out.setdefault(sec, [])
+            for _ in range(n):
+                recs.append(struct.unpack_from("<IIII", ext, pos))
+                pos += rec_size
+        return out
+    except (struct.error, ValueError, UnicodeDecodeError):
+        return {}
 
 
 def _fixup(raw: bytearray, sizes: dict[str, int], symbols: dict[str, int],
@@ -152,20 +199,47 @@ def _same_code(elf_code: list[Insn], linked: list[Insn]) -> bool:
     return True
 
 
+def placed_functions(entry: str, insns: list[Insn], kbtf: KernelBtf) -> dict[int, str] | None:
+    """Slot of every subprogram -> its function name, or None when one cannot be matched."""
+    placed: dict[int, str] = {}
+    for start in subprog_starts(insns):
+        name = entry if start == 0 and entry in kbtf.functions else None
+        if start:
+            for fname, fn in kbtf.functions.items():
+                if fname != entry and _same_code(fn.code, insns[start:start + len(fn.code)]):
+                    name = fname
+                    break
+        if name is None:
+            return None
+        placed[start] = name
+    return placed
+
+
 def func_info(entry: str, insns: list[Insn], kbtf: KernelBtf) -> list[tuple[int, int]] | None:
     """(slot, FUNC type id) for every subprogram, or None when one cannot be matched."""
-    records = []
-    for start in subprog_starts(insns):
-        if start == 0:
-            tid = kbtf.func_ids.get(entry)
-        else:
-            tid = None
-            for fname, code in kbtf.functions.items():
-                if fname != entry and fname in kbtf.func_ids and \
-                        _same_code(code, insns[start:start + len(code)]):
-                    tid = kbtf.func_ids[fname]
-                    break
-        if tid is None:
-            return None
-        records.append((start, tid))
-    return records
+    placed = placed_functions(entry, insns, kbtf)
+    if placed is None or any(name not in kbtf.func_ids for name in placed.values()):
+        return None
+    return [(slot, kbtf.func_ids[name]) for slot, name in sorted(placed.items())]
+
+
+def line_info(entry: str, insns: list[Insn],
+              kbtf: KernelBtf) -> list[tuple[int, int, int, int]] | None:
+    """The object's line_info moved to the linked program's slots (kernel record layout:
+    slot, file name offset, line text offset, line << 10 | column), or None."""
+    placed = placed_functions(entry, insns, kbtf)
+    if placed is None:
+        return None
+    out: list[tuple[int, int, int, int]] = []
+    for slot, name in sorted(placed.items()):
+        fn = kbtf.functions[name]
+        end = fn.start + 8 * len(fn.code)
+        recs = [r for r in kbtf.lines.get(fn.section, ()) if fn.start <= r[0] < end]
+        if not recs or recs[0][0] != fn.start:
+            return None     # the kernel wants a record at each subprogram's first slot
+        for off, fname, line, col in recs:
+            out.append((slot + (off - fn.start) // 8, fname, line, col))
+    out.sort()
+    if any(a[0] >= b[0] for a, b in zip(out, out[1:], strict=False)):
+        return None
+    return out

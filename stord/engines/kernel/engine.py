@@ -42,7 +42,13 @@ from typing import ClassVar
 
 from stord.engines.base import DEFAULT_BUDGET, META_SIZE, Engine, Instance
 from stord.engines.kernel import bpf
-from stord.engines.kernel.btfload import BtfFormatError, KernelBtf, func_info, kernel_btf
+from stord.engines.kernel.btfload import (
+    BtfFormatError,
+    KernelBtf,
+    func_info,
+    kernel_btf,
+    line_info,
+)
 from stord.errors import (
     EngineUnavailable,
     LimitExceeded,
@@ -197,22 +203,27 @@ class _Loader:
                 out[i] = ins._replace(imm=self.objs.map_fds[ins.imm])
         return encode(out)
 
-    def load_prog(self, insns: list[Insn], *, log_level: int) -> tuple[int, str]:
+    def load_prog(self, insns: list[Insn], *, log_level: int,
+                  with_lines: bool = True) -> tuple[int, str]:
         """(fd, log); a verifier rejection becomes VerifierError with the log's tail."""
-        fi = None
+        fi = li = None
         if self.kbtf is not None and self.objs.btf_fd >= 0:
             fi = func_info(self.prog.name, insns, self.kbtf)
+            if log_level and with_lines:   # source lines only matter in a log
+                li = line_info(self.prog.name, insns, self.kbtf)
         code = self.relocated(insns)
         try:
             fd, log = bpf.prog_load(code, self.prog.license, name=self.prog.name,
                                     log_level=log_level, btf_fd=max(self.objs.btf_fd, 0),
-                                    func_info=fi)
+                                    func_info=fi, line_info=li)
         except bpf.LoadFailed as e:
             if e.errno == errno.EPERM:
                 raise EngineUnavailable(f"kernel refused BPF_PROG_LOAD: {e}") from None
             if not e.log and log_level == 0:
                 # load again with a log to tell the client why
                 return self.load_prog(insns, log_level=bpf.LOG_LEVEL1)
+            if li is not None and "line_info" in e.log:
+                return self.load_prog(insns, log_level=log_level, with_lines=False)
             if self.btf_note and "func_info" in e.log:
                 e.log += f"\n({self.btf_note})"
             raise _verifier_error(self.prog, e) from None
