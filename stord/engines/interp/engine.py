@@ -87,17 +87,15 @@ class InterpInstance(Instance):
         n = len(data)
         if DATA_BASE + n > MEM_BASE:
             raise LoadError(f"chunk of {n} bytes is larger than {MEM_BASE - DATA_BASE}")
-        self.memory.set_buf("ctx", _CTX.pack(DATA_BASE, DATA_BASE + n, META_BASE, 0, 0, 0))
-        chunk = _META.pack(offset, STORD_LAST if last else 0, 0) + bytes(data)
-        self.memory.set_buf("chunk", chunk)
-        self.rt.set_chunk(chunk)
+        self.rt.set_buf("ctx", _CTX.pack(DATA_BASE, DATA_BASE + n, META_BASE, 0, 0, 0))
+        self.rt.set_buf("chunk", _META.pack(offset, STORD_LAST if last else 0, 0) + bytes(data))
         self.env.data = data
         self.env.data_len = n
         return self._run(CTX_BASE, 0)
 
     def call(self, mem: bytearray | None) -> int:
         buf = mem if mem is not None else bytearray()
-        self.memory.set_buf("mem", buf)
+        self.rt.set_buf("mem", buf)
         return self._run(MEM_BASE if mem is not None else 0, len(buf))
 
     def read_state(self) -> State:

@@ -18,7 +18,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from stord.engines.base import MAX_CALL_DEPTH, META_BASE, STACK_TOP
+from stord.engines.base import MAX_CALL_DEPTH, STACK_TOP
 from stord.errors import BudgetExceeded, ProgramFault
 from stord.program import isa
 from stord.program.isa import Insn
@@ -260,14 +260,51 @@ class Runtime:
         self.stack_cell = memory.add("stack", STACK_BASE, self.stack, True)
         self.functions: dict[int, Callable[..., int]] = {}
         self.ns: dict[str, Any] = {}
+        # Per load/store site: the region cell and access size its inline cache holds.
+        self.read_sites: dict[int, tuple[list[Any], int]] = {}
+        self.write_sites: dict[int, tuple[list[Any], int]] = {}
 
-    def set_chunk(self, buf: bytes) -> None:
-        """The meta + data buffer at META_BASE, for the translated code's inline fast path
-        (the same buffer must also be the memory's "chunk" region)."""
+    def set_buf(self, name: str, buf: bytes | bytearray) -> None:
+        """Swap a region's buffer (a new chunk, conformance memory) and re-point the
+        inline caches of the sites that were reading or writing it."""
+        self.memory.set_buf(name, buf)
+        cell = self.memory.cells[name]
         ns = self.ns
-        ns["CH"] = buf
-        for size in (1, 2, 4, 8):
-            ns[f"CHN{size}"] = len(buf) - size + 1
+        for prefix, sites in (("R", self.read_sites), ("W", self.write_sites)):
+            for pc, (c, size) in sites.items():
+                if c is cell:
+                    ns[f"{prefix}C{pc}"] = buf
+                    ns[f"{prefix}N{pc}"] = len(buf) - size + 1
+
+    def cached_loader(self, size: int, signed: bool) -> Callable[[int, int], int]:
+        """The slow path of a load site: a checked load that also fills the site's inline
+        cache (base, bound, buffer) so the next access to the same region is inline. The
+        stack is never cached: its lowest valid byte moves with the call depth."""
+        load = self.memory.loader(size, signed)
+        get = self.memory.read_tab.get
+        stack, ns, sites = self.stack_cell, self.ns, self.read_sites
+
+        def slow_load(addr: int, pc: int) -> int:
+            v = load(addr, pc)
+            c = get(addr >> REGION_SHIFT)
+            if c is not stack:
+                ns[f"RB{pc}"], ns[f"RN{pc}"], ns[f"RC{pc}"] = c[1], len(c[0]) - size + 1, c[0]
+                sites[pc] = (c, size)
+            return v
+        return slow_load
+
+    def cached_storer(self, size: int) -> Callable[[int, int, int], None]:
+        store = self.memory.storer(size)
+        get = self.memory.write_tab.get
+        stack, ns, sites = self.stack_cell, self.ns, self.write_sites
+
+        def slow_store(addr: int, value: int, pc: int) -> None:
+            store(addr, value, pc)
+            c = get(addr >> REGION_SHIFT)
+            if c is not stack:
+                ns[f"WB{pc}"], ns[f"WN{pc}"], ns[f"WC{pc}"] = c[1], len(c[0]) - size + 1, c[0]
+                sites[pc] = (c, size)
+        return slow_store
 
 
 def _imm64(imm: int) -> int:
@@ -279,6 +316,8 @@ class _Translator:
         self.insns = insns
         self.second = lddw_second_slots(insns)
         self.lines: list[str] = []
+        self.read_sites: set[int] = set()
+        self.write_sites: set[int] = set()
 
     def emit(self, depth: int, text: str) -> None:
         self.lines.append("    " * depth + text)
@@ -310,13 +349,13 @@ class _Translator:
                 tail = " & M64" if signed else ""
                 return [f"{d} = {un}(STK, r10 + {k})[0]{tail}"]
             fn = ("LDS" if signed else "LD") + str(size)
-            # Fast path for the chunk (meta + data), where hot loops read: inline check.
-            o = f"{s} + {off - META_BASE}" if off != META_BASE else s
+            self.read_sites.add(i)
+            # Inline cache: the region this site touched last (see Runtime.cached_loader).
             if size == 1:
-                fast = f"((CH[o] ^ 0x80) - 0x80) & M64" if signed else "CH[o]"
+                fast = f"((RC{i}[o] ^ 0x80) - 0x80) & M64" if signed else f"RC{i}[o]"
             else:
-                fast = f"{'S' if signed else 'U'}{size}(CH, o)[0]" + (" & M64" if signed else "")
-            return [f"o = {o}", f"if 0 <= o < CHN{size}:", f"    {d} = {fast}",
+                fast = f"{'S' if signed else 'U'}{size}(RC{i}, o)[0]" + (" & M64" if signed else "")
+            return [f"o = {s} + {off} - RB{i}", f"if 0 <= o < RN{i}:", f"    {d} = {fast}",
                     "else:", f"    {d} = {fn}({s} + {off}, {i})"]
         if cls in (isa.ST, isa.STX) and op & 0xE0 == isa.MEM:
             size = isa.SIZE_BYTES[op & 0x18]
@@ -328,7 +367,12 @@ class _Translator:
                             else f"STK[r10 + {k}] = {val}"]
                 mask = "" if cls == isa.ST or size == 8 else f" & {(1 << (8 * size)) - 1}"
                 return [f"P{size}(STK, r10 + {k}, {val}{mask})"]
-            return [f"ST{size}({d} + {off}, {val}, {i})"]
+            self.write_sites.add(i)
+            mask = (1 << (8 * size)) - 1
+            v = val if cls == isa.ST else f"{val} & {mask}" if size < 8 else val
+            fast = f"WC{i}[o] = {v}" if size == 1 else f"P{size}(WC{i}, o, {v})"
+            return [f"o = {d} + {off} - WB{i}", f"if 0 <= o < WN{i}:", f"    {fast}",
+                    "else:", f"    ST{size}({d} + {off}, {val}, {i})"]
         if cls == isa.STX:  # atomic
             size = isa.SIZE_BYTES[op & 0x18]
             call = f"ATOM({i}, {d} + {off}, {size}, {imm}, {s}, r0)"
@@ -371,8 +415,9 @@ class _Translator:
                 m, sb = (1 << bits) - 1, 1 << (bits - 1)
                 return f"{d} = ((({s} & {m}) ^ {sb}) - {sb}) & {'M64' if is64 else 'M32'}"
             return f"{d} = {s}" if is64 or not x else f"{d} = {s} & M32"
+        sh64 = f"({s} & 63)" if x else str(int(s) & 63)   # shift amounts are masked
+        sh32 = f"({s} & 31)" if x else str(int(s) & 31)
         if is64:
-            mask, shm = "M64", 63
             return {
                 isa.ADD: f"{d} = ({d} + {s}) & M64",
                 isa.SUB: f"{d} = ({d} - {s}) & M64",
@@ -380,9 +425,9 @@ class _Translator:
                 isa.OR: f"{d} |= {s}",
                 isa.AND: f"{d} &= {s}",
                 isa.XOR: f"{d} ^= {s}",
-                isa.LSH: f"{d} = ({d} << ({s} & {shm})) & {mask}",
-                isa.RSH: f"{d} >>= ({s} & {shm})",
-                isa.ARSH: f"{d} = ((({d} ^ S64) - S64) >> ({s} & {shm})) & M64",
+                isa.LSH: f"{d} = ({d} << {sh64}) & M64",
+                isa.RSH: f"{d} >>= {sh64}",
+                isa.ARSH: f"{d} = ((({d} ^ S64) - S64) >> {sh64}) & M64",
                 isa.DIV: (f"{d} = SDIV64({d}, {s})" if ins.off else
                           f"{d} = ({d} // {s} if {s} else 0)"),
                 isa.MOD: (f"{d} = SMOD64({d}, {s})" if ins.off else
@@ -396,9 +441,9 @@ class _Translator:
             isa.OR: f"{d} = ({d} | {s}) & M32",
             isa.AND: f"{d} = {d} & {s} & M32",
             isa.XOR: f"{d} = ({d} ^ {s}) & M32",
-            isa.LSH: f"{d} = ({d} << ({s} & 31)) & M32",
-            isa.RSH: f"{d} = ({d} & M32) >> ({s} & 31)",
-            isa.ARSH: f"{d} = (((({d} & M32) ^ S32) - S32) >> ({s} & 31)) & M32",
+            isa.LSH: f"{d} = ({d} << {sh32}) & M32",
+            isa.RSH: f"{d} = ({d} & M32) >> {sh32}",
+            isa.ARSH: f"{d} = (((({d} & M32) ^ S32) - S32) >> {sh32}) & M32",
             isa.DIV: (f"{d} = SDIV32({d}, {s})" if ins.off else
                       f"{d} = (({d} & M32) // {y} if {y} else 0)"),
             isa.MOD: (f"{d} = SMOD32({d}, {s})" if ins.off else
@@ -477,13 +522,20 @@ class _Translator:
         stop = self.bounds[start]
         e = self.emit
         slots = [i for i in range(start, stop) if i not in self.second]
+        # The budget is charged on every block but checked only where control returns to
+        # the dispatch loop (every loop iteration passes there) and at exit: a run that
+        # executes more instructions than its budget always fails, only a little later.
         e(depth, f"b -= {len(slots)}")
-        e(depth, "if b < 0:")
-        e(depth + 1, f"BUDGET({start})")
+        if chain == 0:
+            e(depth, "if b < 0:")
+            e(depth + 1, f"BUDGET({start})")
         for i in slots:
             ins = self.insns[i]
             t = jump_target(i, ins)
             if ins.op == isa.EXIT_OP:
+                if chain:
+                    e(depth, "if b < 0:")
+                    e(depth + 1, f"BUDGET({i})")
                 e(depth, "BUD[0] = b")
                 e(depth, "return r0")
                 return
@@ -514,10 +566,20 @@ def translate(insns: list[Insn]) -> tuple[str, list[int]]:
     return _Translator(insns).source()
 
 
+def _site_globals(t: _Translator) -> dict[str, Any]:
+    """Empty inline caches (bound 0: the first access takes the slow path)."""
+    g: dict[str, Any] = {}
+    for prefix, sites in (("R", t.read_sites), ("W", t.write_sites)):
+        for pc in sites:
+            g[f"{prefix}B{pc}"], g[f"{prefix}N{pc}"], g[f"{prefix}C{pc}"] = 0, 0, b""
+    return g
+
+
 def build(insns: list[Insn], rt: Runtime, memory: Memory, map_handles: list[int],
           map_values: list[int], func_base: int) -> dict[int, Callable[..., int]]:
     """Compile the program against a runtime; returns {start slot: function}."""
-    src, starts = translate(insns)
+    tr = _Translator(insns)
+    src, starts = tr.source()
     u = {n: struct.Struct("<" + c).unpack_from for n, c in
          (("U2", "H"), ("U4", "I"), ("U8", "Q"), ("S1", "b"), ("S2", "h"), ("S4", "i"))}
     p = {n: struct.Struct("<" + c).pack_into for n, c in (("P2", "H"), ("P4", "I"), ("P8", "Q"))}
@@ -552,12 +614,12 @@ def build(insns: list[Insn], rt: Runtime, memory: Memory, map_handles: list[int]
         "SDIV64": sdiv64, "SMOD64": smod64, "SDIV32": sdiv32, "SMOD32": smod32,
         "BSWAP16": bswap16, "BSWAP32": bswap32, "BSWAP64": bswap64, **u, **p,
     })
-    rt.set_chunk(b"")
+    ns.update(_site_globals(tr))
     for size in (1, 2, 4, 8):
-        ns[f"LD{size}"] = memory.loader(size, False)
-        ns[f"ST{size}"] = memory.storer(size)
+        ns[f"LD{size}"] = rt.cached_loader(size, False)
+        ns[f"ST{size}"] = rt.cached_storer(size)
         if size < 8:
-            ns[f"LDS{size}"] = memory.loader(size, True)
+            ns[f"LDS{size}"] = rt.cached_loader(size, True)
     for i, h in enumerate(map_handles):
         ns[f"MAPH{i}"] = h
     for i, v in enumerate(map_values):
