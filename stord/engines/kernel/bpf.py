@@ -114,14 +114,15 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
 
+_NR = _SYS_BPF.get(platform.machine())
+
+
 def sys_bpf(cmd: int, attr: ctypes.Structure) -> int:
     """bpf(cmd, &attr, sizeof attr); returns the result or raises BpfError."""
-    nr = _SYS_BPF.get(platform.machine())
-    if nr is None:
+    if _NR is None:
         raise BpfError(errno_mod.ENOSYS, _CMD_NAMES.get(cmd, str(cmd)))
     while True:
-        ret = _libc.syscall(ctypes.c_long(nr), ctypes.c_long(cmd), ctypes.byref(attr),
-                            ctypes.c_uint(ctypes.sizeof(attr)))
+        ret = _libc.syscall(_NR, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
         if ret >= 0:
             return ret
         err = ctypes.get_errno()
@@ -274,6 +275,28 @@ def test_run(prog_fd: int, data: bytes, ctx: ctypes.Structure | None = None) -> 
         attr.ctx_size_in = ctypes.sizeof(ctx)
     sys_bpf(PROG_TEST_RUN, attr)
     return attr.retval
+
+
+class TestRunner:
+    """Repeated BPF_PROG_TEST_RUN of one program over data placed in one reusable buffer
+    (the per-run cost is then the syscall, not Python allocations)."""
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, prog_fd: int, capacity: int) -> None:
+        self.buf = ctypes.create_string_buffer(capacity)
+        self.capacity = capacity
+        self.ctx = XdpMd()
+        self.attr = TestRunAttr(prog_fd=prog_fd, data_in=ctypes.addressof(self.buf), repeat=1,
+                                ctx_in=ctypes.addressof(self.ctx),
+                                ctx_size_in=ctypes.sizeof(XdpMd))
+
+    def run(self, size_in: int, data: int, data_end: int) -> int:
+        """Run over buf[:size_in] with ctx data/data_end offsets; returns retval."""
+        self.ctx.data, self.ctx.data_end = data, data_end
+        self.attr.data_size_in = size_in
+        sys_bpf(PROG_TEST_RUN, self.attr)
+        return self.attr.retval
 
 
 def possible_cpus() -> int:

@@ -34,6 +34,7 @@ runs only programs without helper calls (the kernel's helper ids are Linux's); f
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import re
@@ -90,6 +91,7 @@ CONFORMANCE_MEM = 1024     # the packet size a conformance program's r1 may reac
 TAIL_LINES = 12            # verifier log lines kept in a VerifierError message
 
 _PERCPU = (MAP_PERCPU_ARRAY, MAP_PERCPU_HASH)
+_META = struct.Struct("<QII")   # struct stord_meta
 _STATS = re.compile(r"^(processed \d+ insns|verification time|stack depth|mark_read|"
                     r"peak_states|max_states_per_insn)")
 
@@ -252,6 +254,7 @@ class KernelInstance(Instance):
         self._closed = False
         self._cpu: int | None = None
         self._conf_fds: tuple[int, int | None] | None = None
+        self._runners: dict[int, bpf.TestRunner] = {}
         try:
             ld = self._loader
             ld.load_btf()
@@ -273,17 +276,29 @@ class KernelInstance(Instance):
             self._cpu = allowed[0]
 
     # -- running -----------------------------------------------------------------------
-    def _test_run(self, fd: int, payload: bytes, data_len: int) -> int:
-        """payload = metadata + data (+ padding); the program sees data_len bytes of data."""
-        if len(payload) - META_SIZE < ETH_HLEN:
-            payload = payload.ljust(META_SIZE + ETH_HLEN, b"\0")
-        ctx = bpf.XdpMd(data=META_SIZE, data_end=META_SIZE + data_len, data_meta=0)
+    def _runner(self, fd: int) -> bpf.TestRunner:
+        r = self._runners.get(fd)
+        if r is None:
+            r = self._runners[fd] = bpf.TestRunner(fd, LINEAR_MAX)
+        return r
+
+    def _test_run(self, fd: int, meta: tuple[int, int], data: bytes | memoryview) -> int:
+        """One run: stord_meta(offset, flags) then data; the program sees len(data) bytes.
+        Below ETH_HLEN the kernel wants more input: zeros past data_end make it up."""
+        runner = self._runner(fd)
+        n = len(data)
+        _META.pack_into(runner.buf, 0, meta[0], meta[1], 0)
+        ctypes.memmove(ctypes.addressof(runner.buf) + META_SIZE, bytes(data), n)
+        size_in = META_SIZE + n
+        if n < ETH_HLEN:
+            ctypes.memset(ctypes.addressof(runner.buf) + size_in, 0, ETH_HLEN - n)
+            size_in = META_SIZE + ETH_HLEN
         saved = None
         if self._cpu is not None:
             saved = os.sched_getaffinity(0)
             os.sched_setaffinity(0, {self._cpu})
         try:
-            return bpf.test_run(fd, payload, ctx)
+            return runner.run(size_in, META_SIZE, META_SIZE + n)
         except bpf.BpfError as e:
             raise ProgramFault(f"BPF_PROG_TEST_RUN failed: {e.strerror}") from None
         finally:
@@ -292,19 +307,19 @@ class KernelInstance(Instance):
 
     def run_chunk(self, data: bytes | memoryview, offset: int, last: bool) -> int:
         self._check_open()
-        data = bytes(data)
         step = KernelEngine.chunk_size
+        if len(data) <= step:
+            return self._test_run(self._fd, (offset, STORD_LAST if last else 0), data)
+        view = memoryview(data)
         verdict = None
-        pos = 0
-        while True:   # longer chunks run in pieces: the program sees at most `step` bytes
-            piece = data[pos:pos + step]
+        for pos in range(0, len(data), step):
+            # longer chunks run in pieces: the kernel takes at most `step` bytes of data
             final = pos + step >= len(data)
-            meta = struct.pack("<QII", offset + pos, STORD_LAST if (last and final) else 0, 0)
-            r = self._test_run(self._fd, meta + piece, len(piece))
-            verdict = r if verdict is None or r == 0 else verdict
-            if final:
-                return verdict
-            pos += step
+            r = self._test_run(self._fd, (offset + pos, STORD_LAST if (last and final) else 0),
+                               view[pos:pos + step])
+            verdict = r if verdict is None or r == 0 else verdict   # ABORTED sticks
+        assert verdict is not None
+        return verdict
 
     def call(self, mem: bytearray | None) -> int:
         self._check_open()
@@ -313,13 +328,12 @@ class KernelInstance(Instance):
         raw = bytes(mem or b"")
         if len(raw) > CONFORMANCE_MEM:
             raise LimitExceeded(f"conformance memory is at most {CONFORMANCE_MEM} bytes")
-        meta = struct.pack("<QII", len(raw), 0, 0)
-        payload = meta + raw.ljust(CONFORMANCE_MEM, b"\0")
+        padded = raw.ljust(CONFORMANCE_MEM, b"\0")
         lo_fd, hi_fd = self._conf_fds
-        lo = self._test_run(lo_fd, payload, CONFORMANCE_MEM)
+        lo = self._test_run(lo_fd, (len(raw), 0), padded)   # the prologue reads len from meta
         if hi_fd is None:
             return lo
-        hi = self._test_run(hi_fd, payload, CONFORMANCE_MEM)
+        hi = self._test_run(hi_fd, (len(raw), 0), padded)
         return (hi << 32) | lo
 
     # -- state -------------------------------------------------------------------------
