@@ -397,6 +397,13 @@ def test_global_data_sections() -> None:
     assert st.globals == {".data": struct.pack("<Q", 91), ".bss": struct.pack("<Q", 9)}
     faults(".rodata' is read-only", "lddw %r1, map_value[0]+0\nstdw [%r1+0], 1\nexit",
            [RODATA])
+    # Addresses known at translation time are still bounds-checked.
+    faults("outside map '.rodata'", "lddw %r1, map_value[0]+0\nldxdw %r0, [%r1+4]\nexit",
+           [RODATA])
+    faults("outside map '.data'", "lddw %r1, map_value[0]+0\nadd %r1, 8\nstb [%r1+0], 1\n"
+           "mov %r0, 0\nexit", [DATA])
+    faults("outside map '.data'", "lddw %r1, map_value[0]+0\nldxb %r0, [%r1-1]\nexit",
+           [DATA])
 
 
 def test_conformance_memory_bounds() -> None:

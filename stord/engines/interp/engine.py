@@ -64,7 +64,8 @@ class InterpInstance(Instance):
         self.rt = vm.Runtime(mem, helpers, callx)
         handles = [map_handle(i) for i in range(len(self.maps))]
         values = [map_base(i) for i in range(len(self.maps))]
-        self.functions = vm.build(prog.insns, self.rt, mem, handles, values, FUNC_BASE)
+        self.functions = vm.build(prog.insns, self.rt, mem, handles, values, FUNC_BASE,
+                                  [(m.values, m.readonly) for m in self.maps])
         env.functions = self.functions
         self.entry = self.functions[0]
 

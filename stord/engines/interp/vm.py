@@ -312,8 +312,14 @@ def _imm64(imm: int) -> int:
 
 
 class _Translator:
-    def __init__(self, insns: list[Insn]) -> None:
+    def __init__(self, insns: list[Insn],
+                 maps: list[tuple[bytes | bytearray, bool]] | None = None) -> None:
         self.insns = insns
+        # Per map index: its value buffer and whether it is read-only (.rodata, frozen
+        # before translation: loads from it fold to constants, as the kernel verifier does).
+        self.maps = maps or []
+        # Registers known (on the path being emitted) to hold map_value(index) + offset.
+        self.known: dict[int, tuple[int, int]] = {}
         self.second = lddw_second_slots(insns)
         self.lines: list[str] = []
         self.read_sites: set[int] = set()
@@ -340,6 +346,18 @@ class _Translator:
         if cls == isa.LDX:
             size = isa.SIZE_BYTES[op & 0x18]
             signed = op & 0xE0 == isa.MEMSX
+            static = self.static_addr(ins.src, off, size)
+            if static is not None:
+                idx, at = static
+                buf, ro = self.maps[idx]
+                if ro:
+                    v = int.from_bytes(buf[at:at + size], "little", signed=signed) & M64
+                    return [f"{d} = {v}"]
+                if size == 1:
+                    v = f"MB{idx}[{at}]"
+                    return [f"{d} = (({v} ^ 0x80) - 0x80) & M64" if signed else f"{d} = {v}"]
+                un = ("S" if signed else "U") + str(size)
+                return [f"{d} = {un}(MB{idx}, {at})[0]" + (" & M64" if signed else "")]
             if ins.src == 10 and -isa.STACK_SIZE <= off and off + size <= 0:
                 k = off - STACK_BASE
                 if size == 1:
@@ -367,9 +385,13 @@ class _Translator:
                             else f"STK[r10 + {k}] = {val}"]
                 mask = "" if cls == isa.ST or size == 8 else f" & {(1 << (8 * size)) - 1}"
                 return [f"P{size}(STK, r10 + {k}, {val}{mask})"]
-            self.write_sites.add(i)
             mask = (1 << (8 * size)) - 1
             v = val if cls == isa.ST else f"{val} & {mask}" if size < 8 else val
+            static = self.static_addr(ins.dst, off, size)
+            if static is not None and not self.maps[static[0]][1]:
+                idx, at = static
+                return [f"MB{idx}[{at}] = {v}" if size == 1 else f"P{size}(MB{idx}, {at}, {v})"]
+            self.write_sites.add(i)
             fast = f"WC{i}[o] = {v}" if size == 1 else f"P{size}(WC{i}, o, {v})"
             return [f"o = {d} + {off} - WB{i}", f"if 0 <= o < WN{i}:", f"    {fast}",
                     "else:", f"    ST{size}({d} + {off}, {val}, {i})"]
@@ -508,17 +530,56 @@ class _Translator:
         self.emit(depth, "else:")
         self.tree(blocks, mid, hi, depth + 1, end)
 
+    def static_addr(self, reg: int, off: int, size: int) -> tuple[int, int] | None:
+        """(map index, byte offset) when reg + off is a known in-bounds map value address."""
+        k = self.known.get(reg)
+        if k is None:
+            return None
+        idx, base = k
+        at = base + off
+        if 0 <= at and at + size <= len(self.maps[idx][0]):
+            return idx, at
+        return None
+
+    def track(self, i: int, ins: Insn) -> None:
+        """Update `known` after instruction i (what it writes is no longer known)."""
+        known, op, cls = self.known, ins.op, ins.op & 7
+        if op == isa.LDDW:
+            if ins.src == isa.PSEUDO_MAP_VALUE and 0 <= ins.imm < len(self.maps):
+                known[ins.dst] = (ins.imm, self.insns[i + 1].imm)
+            else:
+                known.pop(ins.dst, None)
+        elif cls == isa.ALU64 and op == isa.ALU64 | isa.ADD | isa.K and ins.dst in known:
+            idx, base = known[ins.dst]
+            known[ins.dst] = (idx, base + ins.imm)
+        elif cls == isa.ALU64 and op == isa.ALU64 | isa.MOV | isa.X and ins.off == 0 \
+                and ins.src in known:
+            known[ins.dst] = known[ins.src]
+        elif cls in (isa.ALU, isa.ALU64, isa.LDX):
+            known.pop(ins.dst, None)
+        elif cls == isa.STX and op & 0xE0 == isa.ATOMIC:
+            if ins.imm == isa.CMPXCHG:
+                known.pop(0, None)
+            elif ins.imm & isa.FETCH:
+                known.pop(ins.src, None)
+        elif op in (isa.CALL_OP, isa.CALLX_OP):
+            for r in range(6):
+                known.pop(r, None)
+
     def goto(self, src: int, t: int, depth: int, chain: int) -> None:
         """Continue at block t: inline a small block reached by a forward edge (tail
         duplication, so straight-line paths skip the dispatch), else go through `pc`."""
         stop = self.bounds[t]
         if (t > src and chain < 3 and stop - t <= 16 and self.inline_left > 0):
             self.inline_left -= 1
-            self.block(t, depth, chain + 1)
+            self.block(t, depth, chain + 1, dict(self.known))
         else:
             self.emit(depth, f"pc = {t}")
 
-    def block(self, start: int, depth: int, chain: int) -> None:
+    def block(self, start: int, depth: int, chain: int,
+              known: dict[int, tuple[int, int]] | None = None) -> None:
+        """Emit a block; `known` is what the path that inlines it knows (else nothing)."""
+        self.known = known if known is not None else {}
         stop = self.bounds[start]
         e = self.emit
         slots = [i for i in range(start, stop) if i not in self.second]
@@ -543,13 +604,16 @@ class _Translator:
                 if ins.op & 0xF0 == isa.JA:
                     self.goto(start, t, depth, chain)
                 else:
+                    saved = dict(self.known)
                     e(depth, f"if {self.cond(ins)}:")
                     self.goto(start, t, depth + 1, chain)
+                    self.known = saved
                     e(depth, "else:")
                     self.goto(start, i + 1, depth + 1, chain)
                 return
             for line in self.insn(i, ins):
                 e(depth, line)
+            self.track(i, ins)
         # Fell through into the next block (validation forbids falling off a function).
         self.goto(start, stop, depth, chain)
 
@@ -576,9 +640,12 @@ def _site_globals(t: _Translator) -> dict[str, Any]:
 
 
 def build(insns: list[Insn], rt: Runtime, memory: Memory, map_handles: list[int],
-          map_values: list[int], func_base: int) -> dict[int, Callable[..., int]]:
-    """Compile the program against a runtime; returns {start slot: function}."""
-    tr = _Translator(insns)
+          map_values: list[int], func_base: int,
+          maps: list[tuple[bytearray, bool]] | None = None) -> dict[int, Callable[..., int]]:
+    """Compile the program against a runtime; returns {start slot: function}.
+
+    `maps`: per map index its value buffer and read-only flag (for static accesses)."""
+    tr = _Translator(insns, maps)
     src, starts = tr.source()
     u = {n: struct.Struct("<" + c).unpack_from for n, c in
          (("U2", "H"), ("U4", "I"), ("U8", "Q"), ("S1", "b"), ("S2", "h"), ("S4", "i"))}
@@ -624,6 +691,8 @@ def build(insns: list[Insn], rt: Runtime, memory: Memory, map_handles: list[int]
         ns[f"MAPH{i}"] = h
     for i, v in enumerate(map_values):
         ns[f"MAPV{i}"] = v
+    for i, (buf, _ro) in enumerate(maps or []):
+        ns[f"MB{i}"] = buf
     for hid, fn in rt.helpers.items():
         ns[f"H{hid}"] = fn
     exec(compile(src, "<ebpf>", "exec"), ns)  # noqa: S102 - our own translation
