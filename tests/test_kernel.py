@@ -235,6 +235,12 @@ def test_program_sees_the_whole_chunk_including_short_ones(kernel, n) -> None:
     assert kernel.chunk_size == 3520
 
 
+def test_one_instance_takes_chunks_of_any_size_in_any_order(kernel) -> None:
+    sizes = [1, 100, 0, 3520, 14, 2000, 3520, 13]
+    with kernel.load(length_program()) as inst:
+        assert [inst.run_chunk(b"z" * n, 0, False) for n in sizes] == sizes
+
+
 @given(offset=st.integers(min_value=0, max_value=(1 << 64) - 1), last=st.booleans(),
        n=st.integers(min_value=0, max_value=40))
 @settings(max_examples=30, deadline=None)

@@ -295,6 +295,9 @@ class TestRunner:
         """Run over buf[:size_in] with ctx data/data_end offsets; returns retval."""
         self.ctx.data, self.ctx.data_end = data, data_end
         self.attr.data_size_in = size_in
+        # the kernel writes the output size back; left there it would clamp the next run
+        # (ENOSPC after the program already ran)
+        self.attr.data_size_out = 0
         sys_bpf(PROG_TEST_RUN, self.attr)
         return self.attr.retval
 
