@@ -8,6 +8,7 @@ pure data (picklable), because programs travel to worker processes.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from stord.errors import LoadError
@@ -351,59 +352,100 @@ class Btf:
         bools, structs/unions as dicts, arrays as lists, char arrays as str (up to NUL),
         floats, pointers as ints."""
         data = bytes(data)
-        need = self.size(type_id)
+        dec, need = self._decoder(type_id, 0)
         if len(data) < need:
             raise LoadError(f"value of BTF type {type_id} needs {need} bytes, got {len(data)}")
-        return self._decode(type_id, data, 0, 0)
+        return dec(data, 0)
 
-    def _decode(self, tid: int, data: bytes, off: int, depth: int) -> object:
-        if depth > _MAX_DEPTH:
-            raise LoadError(f"BTF type {tid} nests too deeply (a cycle?)")
+    # Decoders are compiled once per type (a map of many entries decodes each with the same
+    # closure); they are a cache, rebuilt after unpickling.
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_decoders"] = {}
+        return state
+
+    def _decoder(self, tid: int, depth: int) -> tuple[_Decoder, int]:
+        cache = self.__dict__.setdefault("_decoders", {})
+        hit = cache.get(tid)
+        if hit is None:
+            if depth > _MAX_DEPTH:
+                raise LoadError(f"BTF type {tid} nests too deeply (a cycle?)")
+            hit = cache[tid] = (self._build(tid, depth), self.size(tid))
+        return hit
+
+    def _build(self, tid: int, depth: int) -> _Decoder:
         t = self.resolve(tid)
         k = t.kind
         if k == INT:
-            raw = int.from_bytes(data[off:off + t.size], "little")
-            v = (raw >> t.bit_offset) & ((1 << t.bits) - 1)
-            if t.encoding & INT_BOOL:
-                return bool(v)
-            if t.encoding & INT_SIGNED and v >> (t.bits - 1):
-                v -= 1 << t.bits
-            return v
+            return _int_decoder(t.size, t.bit_offset, t.bits, t.encoding)
         if k in (ENUM, ENUM64):
-            return int.from_bytes(data[off:off + t.size], "little", signed=t.kflag)
+            return _int_decoder(t.size, 0, t.size * 8, INT_SIGNED if t.kflag else 0)
         if k == PTR:
-            return int.from_bytes(data[off:off + 8], "little")
+            return _int_decoder(8, 0, 64, 0)
         if k == FLOAT:
-            fmt = {4: "<f", 8: "<d"}.get(t.size)
-            if fmt is None:
-                return data[off:off + t.size]
-            return struct.unpack_from(fmt, data, off)[0]
+            if t.size in (4, 8):
+                unpack = struct.Struct("<f" if t.size == 4 else "<d").unpack_from
+                return lambda d, o: unpack(d, o)[0]
+            size = t.size
+            return lambda d, o: d[o:o + size]
         if k == ARRAY:
+            n = t.nelems
             if self.is_char_array(t.id):
-                raw = data[off:off + t.nelems]
-                return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
-            esz = self.size(t.type)
-            return [self._decode(t.type, data, off + i * esz, depth + 1)
-                    for i in range(t.nelems)]
+                return lambda d, o: d[o:o + n].split(b"\0", 1)[0].decode("utf-8", "replace")
+            elem = self.resolve(t.type)
+            if elem.kind == INT and elem.bit_offset == 0 and elem.bits == elem.size * 8 and \
+                    elem.size in _INT_FMT and not elem.encoding & INT_BOOL:
+                fmt = _INT_FMT[elem.size]
+                arr = struct.Struct(f"<{n}{fmt if elem.signed else fmt.upper()}").unpack_from
+                return lambda d, o: list(arr(d, o))
+            sub, esz = self._decoder(t.type, depth + 1)
+            return lambda d, o: [sub(d, o + i * esz) for i in range(n)]
         if k in (STRUCT, UNION):
-            out: dict[str, object] = {}
+            fields = []
             for i, m in enumerate(t.members):
                 name = m.name or f"_{i}"
+                end = (m.bit_offset + m.bitfield_size + 7) // 8 if m.bitfield_size else \
+                    m.bit_offset // 8 + self.size(m.type)
+                if end > t.size or (not m.bitfield_size and m.bit_offset % 8):
+                    raise LoadError(f"member {name!r} of {t.kind_name} {t.name!r} does not fit "
+                                    f"its {t.size} bytes")
                 if m.bitfield_size:
-                    out[name] = self._bitfield(m, data, off)
+                    fields.append((name, self._bitfield_decoder(m), 0))
                 else:
-                    out[name] = self._decode(m.type, data, off + m.bit_offset // 8, depth + 1)
-            return out
+                    fields.append((name, self._decoder(m.type, depth + 1)[0], m.bit_offset // 8))
+            return lambda d, o: {name: f(d, o + at) for name, f, at in fields}
         if k == VAR:
-            return self._decode(t.type, data, off, depth + 1)
+            return self._decoder(t.type, depth + 1)[0]
         raise LoadError(f"cannot decode a value of BTF type {tid} ({t.kind_name})")
 
-    def _bitfield(self, m: Member, data: bytes, off: int) -> int:
-        base = self.resolve(m.type)
-        start = off + m.bit_offset // 8
-        nbytes = (m.bit_offset % 8 + m.bitfield_size + 7) // 8
-        raw = int.from_bytes(data[start:start + nbytes], "little") >> (m.bit_offset % 8)
-        v = raw & ((1 << m.bitfield_size) - 1)
-        if base.signed and v >> (m.bitfield_size - 1):
-            v -= 1 << m.bitfield_size
-        return v
+    def _bitfield_decoder(self, m: Member) -> _Decoder:
+        signed = self.resolve(m.type).signed
+        start, shift, bits = m.bit_offset // 8, m.bit_offset % 8, m.bitfield_size
+        nbytes, mask, top = (shift + bits + 7) // 8, (1 << bits) - 1, 1 << (bits - 1)
+
+        def dec(d: bytes, o: int) -> int:
+            v = (int.from_bytes(d[o + start:o + start + nbytes], "little") >> shift) & mask
+            return v - (mask + 1) if signed and v & top else v
+        return dec
+
+
+_Decoder = Callable[[bytes, int], object]
+_INT_FMT = {1: "b", 2: "h", 4: "i", 8: "q"}
+
+
+def _int_decoder(size: int, bit_offset: int, bits: int, encoding: int) -> _Decoder:
+    signed = bool(encoding & INT_SIGNED)
+    if encoding & INT_BOOL:
+        return lambda d, o: d[o] != 0 if size == 1 else int.from_bytes(d[o:o + size],
+                                                                        "little") != 0
+    if bit_offset == 0 and bits == size * 8 and size in _INT_FMT:
+        fmt = _INT_FMT[size]
+        unpack = struct.Struct("<" + (fmt if signed else fmt.upper())).unpack_from
+        return lambda d, o: unpack(d, o)[0]
+    mask, top = (1 << bits) - 1, 1 << (bits - 1)
+
+    def dec(d: bytes, o: int) -> int:
+        v = (int.from_bytes(d[o:o + size], "little") >> bit_offset) & mask
+        return v - (mask + 1) if signed and v & top else v
+    return dec
