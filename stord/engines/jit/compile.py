@@ -32,6 +32,9 @@ from stord.program.model import Program
 # Bump when translate.py/runtime.py change what they emit, to invalidate disk caches.
 TRANSLATOR_VERSION = "1"
 
+# "fast" (default): a short custom pass list; "o2": LLVM's full O2 pipeline.
+PIPELINE = os.environ.get("STORD_JIT_PIPELINE", "fast")
+
 ENTRY_TYPE = ctypes.CFUNCTYPE(ctypes.c_uint64, ctypes.c_void_p, ctypes.c_uint64,
                               ctypes.c_uint64)
 
@@ -62,14 +65,14 @@ def target_machine() -> llvm.TargetMachine:
         target = llvm.Target.from_default_triple()
         _machine = target.create_target_machine(
             cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(),
-            opt=3, reloc="static", codemodel="jitdefault")
+            opt=2, reloc="static", codemodel="jitdefault")
     return _machine
 
 
 def cache_key(prog: Program, helpers: str) -> str:
     tm = target_machine()
     h = hashlib.sha256()
-    for part in (prog.digest, helpers, TRANSLATOR_VERSION, llvmlite.__version__,
+    for part in (prog.digest, helpers, TRANSLATOR_VERSION, PIPELINE, llvmlite.__version__,
                  str(llvm.llvm_version_info), tm.triple, llvm.get_host_cpu_name(),
                  llvm.get_host_cpu_features().flatten()):
         h.update(part.encode() + b"\0")
@@ -99,9 +102,26 @@ def optimise(ir_text: str) -> llvm.ModuleRef:
         raise CompileError(f"jit: LLVM rejected the translated program: {e}") from e
     mod.triple = tm.triple
     mod.data_layout = str(tm.target_data)
-    pto = llvm.create_pipeline_tuning_options(speed_level=3)
-    pb = llvm.create_pass_builder(tm, pto)
-    pb.getModulePassManager().run(mod, pb)
+    pb = llvm.create_pass_builder(tm, llvm.create_pipeline_tuning_options(speed_level=2))
+    if PIPELINE == "o2":
+        pb.getModulePassManager().run(mod, pb)
+        return mod
+    # A short pipeline: the translator already inlines nothing by hand but marks every
+    # subprogram alwaysinline, hoists invariant loads and keeps budget/status in a local,
+    # so SROA + instcombine + GVN + CFG cleanup give O2's code at a fraction of its time.
+    mpm = llvm.create_new_module_pass_manager()
+    mpm.add_always_inliner_pass()
+    mpm.add_sroa_pass()
+    mpm.add_instruction_combine_pass()
+    mpm.add_simplify_cfg_pass()
+    mpm.add_sccp_pass()
+    mpm.add_jump_threading_pass()
+    mpm.add_new_gvn_pass()
+    mpm.add_instruction_combine_pass()
+    mpm.add_simplify_cfg_pass()
+    mpm.add_dead_store_elimination_pass()
+    mpm.add_aggressive_dce_pass()
+    mpm.run(mod, pb)
     return mod
 
 

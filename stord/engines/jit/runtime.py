@@ -22,13 +22,11 @@ from stord.engines.jit.translate import (
     I32,
     I64,
     PTR,
-    STACK_LO,
     VOID,
     c64,
     map_handle,
 )
 from stord.errors import CompileError
-from stord.program.isa import STACK_SIZE
 from stord.program.model import MAP_ARRAY, MAP_HASH, MAP_PERCPU_ARRAY, MAP_PERCPU_HASH
 
 if TYPE_CHECKING:
@@ -70,17 +68,16 @@ class Runtime:
     # -- ctx, meta and conformance memory --------------------------------------------------
 
     def _xlate(self) -> ir.Function:
-        """ptr xlate(env, stack, depth, addr, size, write): the host address of
-        [addr, addr + size) in whichever region holds it, or null (a fault). Regions: the
-        stack from the current frame up, each map's values (.rodata read-only), the chunk,
-        ctx and meta (read-only) and the conformance memory. Out of line (noinline): the
-        translator inlines only the one check an access most likely needs."""
-        fn = ir.Function(self.module, ir.FunctionType(PTR, [PTR, PTR, I64, I64, I64, I64]),
-                         "xlate")
+        """ptr xlate(env, addr, size, write): the host address of [addr, addr + size) in
+        whichever region other than the stack holds it, or null (a fault). Regions: each
+        map's values (.rodata read-only), the chunk, ctx and meta (read-only) and the
+        conformance memory. Out of line (noinline): the translator inlines the stack check
+        and the one region check an access most likely needs."""
+        fn = ir.Function(self.module, ir.FunctionType(PTR, [PTR, I64, I64, I64]), "xlate")
         fn.linkage = "internal"
         fn.attributes.add("noinline")
         fn.attributes.add("cold")
-        env, stack, depth, addr, size, write = fn.args
+        env, addr, size, write = fn.args
         b = ir.IRBuilder(fn.append_basic_block())
         null = ir.Constant(PTR, None)
 
@@ -100,9 +97,6 @@ class Runtime:
             b.position_at_end(miss)
 
         readable_only = b.icmp_unsigned("==", write, c64(0))
-        lo = b.sub(c64(base.STACK_TOP), b.mul(b.add(depth, c64(1)), c64(STACK_SIZE)))
-        region(fits(b.sub(addr, lo), b.sub(c64(base.STACK_TOP), lo)),
-               lambda: b.gep(stack, [b.sub(addr, c64(STACK_LO))], source_etype=I8))
         for i, m in enumerate(self.mt.prog.maps):
             off = b.sub(addr, c64(base.map_base(i)))
             ok = fits(off, c64(self.mt.region_size(i)))

@@ -96,6 +96,9 @@ class ModuleTranslator:
             end = starts[k + 1] if k + 1 < len(starts) else len(self.insns)
             fn = ir.Function(self.module, ir.FunctionType(RET, SUB_ARGS), name=f"sub_{s}")
             fn.linkage = "internal"
+            # eBPF programs are small and calls are at most 8 deep: inlining everything
+            # lets constant arguments (callbacks, map handles, depth) fold
+            fn.attributes.add("alwaysinline")
             fn.args[0].add_attribute("noalias")
             fn.args[2].add_attribute("noalias")
             self.subs[s] = Subprogram(s, end, fn)
@@ -112,10 +115,26 @@ class ModuleTranslator:
                 g.linkage = "internal"
                 self.rodata[i] = g
         self._intrinsics: dict[str, ir.Function] = {}
+        self.fault_fn = self._fault_fn()
         from stord.engines.jit import runtime  # noqa: PLC0415 - runtime builds on this module
         self.runtime = runtime.Runtime(self)
 
     # -- module-level pieces -------------------------------------------------------------
+
+    def _fault_fn(self) -> ir.Function:
+        """void fault(env, pc, addr, info): cold and out of line, so that the many fault
+        exits of a program cost one call each and no merging phis. (The status goes to the
+        ctl slot, which must stay local to stay in a register.)"""
+        fn = ir.Function(self.module, ir.FunctionType(VOID, [PTR] + [I64] * 3), "fault")
+        fn.linkage = "internal"
+        fn.attributes.add("noinline")
+        fn.attributes.add("cold")
+        env, pc, addr, info = fn.args
+        b = ir.IRBuilder(fn.append_basic_block())
+        for v, off in ((pc, L.PC), (addr, L.ADDR), (info, L.INFO)):
+            b.store(v, b.gep(env, [c64(off)], source_etype=I8))
+        b.ret_void()
+        return fn
 
     def intrinsic(self, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
         fn = self._intrinsics.get(name)
@@ -183,64 +202,111 @@ class FunctionTranslator:
             self.b.store(self.fn.args[3 + i] if 1 <= i <= 5 else c64(0), self.regs[i])
         r10 = self.b.sub(c64(base.STACK_TOP), self.b.mul(self.depth, c64(isa.STACK_SIZE)))
         self.b.store(r10, self.regs[10])
-        # one fault exit per function; its phis collect (status, pc, addr, info)
-        self.fault_block = self.fn.append_basic_block("fault")
-        fb = ir.IRBuilder(self.fault_block)
-        self.fault_phis = [fb.phi(I64, name=n) for n in ("status", "pc", "addr", "info")]
-        fb.store(self.fault_phis[0], fb.gep(self.ctl, [c64(CTL_STATUS)], source_etype=I8))
-        for phi, off in zip(self.fault_phis[1:], (L.PC, L.ADDR, L.INFO), strict=True):
-            fb.store(phi, fb.gep(self.env, [c64(off)], source_etype=I8))
-        fb.ret(c64(0))
         # after a callee faulted (status already stored): return at once
         self.propagate_block = self.fn.append_basic_block("propagate")
         ir.IRBuilder(self.propagate_block).ret(c64(0))
         self.blocks: dict[int, ir.Block] = {}
+        self._cache: dict[int, ir.Value] = {}
+        self._cache_block: ir.Block | None = None
+        self._hoist: dict[object, ir.Value] = {}
+        self._hoisting = False
 
     # -- small helpers -------------------------------------------------------------------
 
+    # Registers live in allocas (mem2reg makes them SSA); within a block the last value
+    # read or written is reused, which keeps the IR (and so LLVM's work) small.
+
+    def _cached(self) -> dict[int, ir.Value]:
+        if self.b.block is not self._cache_block:
+            self._cache = {}
+            self._cache_block = self.b.block
+        return self._cache
+
+    def carry_cache(self, cache: dict[int, ir.Value]) -> None:
+        """The current block is dominated by the block `cache` was valid in: keep it."""
+        self._cache = dict(cache)
+        self._cache_block = self.b.block
+
     def reg(self, i: int) -> ir.Value:
-        return self.b.load(self.regs[i], typ=I64)
+        cache = self._cached()
+        v = cache.get(i)
+        if v is None:
+            v = cache[i] = self.b.load(self.regs[i], typ=I64)
+        return v
+
+    def reg32(self, i: int) -> ir.Value:
+        cache = self._cached()
+        v = cache.get(i + 16)
+        if v is None:
+            v = cache[i + 16] = self.b.trunc(self.reg(i), I32)
+        return v
 
     def set_reg(self, i: int, v: ir.Value) -> None:
+        cache = self._cached()
+        cache.pop(i + 16, None)
+        if v.type == I32:
+            cache[i + 16] = v
         if v.type != I64:
             v = self.b.zext(v, I64)
         self.b.store(v, self.regs[i])
+        cache[i] = v
+
+    def hoisted(self, key: object, make: callable) -> ir.Value:
+        """A loop-invariant value computed once in the entry block."""
+        v = self._hoist.get(key)
+        if v is None:
+            if self._hoisting:
+                v = self._hoist[key] = make()
+                return v
+            here = self.b.block
+            self._hoisting = True
+            self.b.position_before(self.entry_term)
+            try:
+                v = self._hoist[key] = make()
+            finally:
+                self._hoisting = False
+                self.b.position_at_end(here)
+        return v
 
     def env_field(self, off: int, typ: ir.Type = I64, invariant: bool = False) -> ir.Value:
-        v = self.b.load(self.b.gep(self.env, [c64(off)], source_etype=I8), typ=typ)
         if invariant:
-            v.set_metadata("invariant.load", self.mt.invariant_md)
-        return v
+            return self.hoisted(("env", off), lambda: self.load_inv(
+                self.b.gep(self.env, [c64(off)], source_etype=I8), typ))
+        return self.b.load(self.b.gep(self.env, [c64(off)], source_etype=I8), typ=typ)
 
     def env_ptr(self, off: int) -> ir.Value:
         return self.b.gep(self.env, [c64(off)], source_etype=I8)
 
     def fail(self, status: int, pc: int, addr: ir.Value | int = 0,
              info: ir.Value | int = 0) -> None:
-        """Branch to the fault exit from the current block."""
-        vals = [c64(status), c64(pc),
+        """Record the fault (one cold call) and return from the current block."""
+        vals = [self.env, c64(pc),
                 addr if isinstance(addr, ir.Value) else c64(addr),
                 info if isinstance(info, ir.Value) else c64(info)]
-        for phi, v in zip(self.fault_phis, vals, strict=True):
-            phi.add_incoming(v, self.b.block)
-        self.b.branch(self.fault_block)
+        self.b.call(self.mt.fault_fn, vals)
+        self.b.store(c64(status), self.b.gep(self.ctl, [c64(CTL_STATUS)], source_etype=I8))
+        self.b.ret(c64(0))
 
     def check(self, ok: ir.Value, status: int, pc: int, addr: ir.Value | int = 0,
               info: ir.Value | int = 0) -> None:
         """Continue when `ok`, else fault; leaves the builder in the continuation."""
+        cache = self._cached()
         cont = self.fn.append_basic_block(f"ok{pc}")
         bad = self.fn.append_basic_block(f"bad{pc}")
         self.b.cbranch(ok, cont, bad)
         self.b.position_at_end(bad)
         self.fail(status, pc, addr, info)
         self.b.position_at_end(cont)
+        self.carry_cache(cache)
 
     def check_status(self) -> None:
         """After a call that may fault: leave when the status is set."""
+        cache = self._cached()
         st = self.b.load(self.b.gep(self.ctl, [c64(CTL_STATUS)], source_etype=I8), typ=I64)
         cont = self.fn.append_basic_block("called")
         self.b.cbranch(self.b.icmp_unsigned("==", st, c64(0)), cont, self.propagate_block)
         self.b.position_at_end(cont)
+        self.carry_cache(cache)
 
     def charge(self, pc: int, n: ir.Value | None = None) -> None:
         """Take `n` (default 1) from the budget; BudgetExceeded when it runs out."""
@@ -289,8 +355,8 @@ class FunctionTranslator:
     def map_host_base(self, i: int) -> ir.Value:
         if i in self.mt.rodata:
             return self.mt.rodata[i]
-        desc = self.map_desc(i)
-        return self.load_inv(self.b.gep(desc, [c64(L.M_VALUES)], source_etype=I8), PTR)
+        return self.hoisted(("values", i), lambda: self.load_inv(
+            self.b.gep(self.map_desc(i), [c64(L.M_VALUES)], source_etype=I8), PTR))
 
     def host_ptr(self, addr: ir.Value, size: int | ir.Value, write: bool, pc: int,
                  kind: kinds.Kind = None) -> ir.Value:
@@ -312,40 +378,41 @@ class FunctionTranslator:
                     not (write and self.mt.is_readonly(maps[i])):
                 return b.gep(self.map_host_base(i), [c64(o)], source_etype=I8)
         nbytes = c64(size) if isinstance(size, int) else size
+        cache = self._cached()
         done = self.fn.append_basic_block(f"addr{pc}")
         incoming: list[tuple[ir.Value, ir.Block]] = []
         slow = self.fn.append_basic_block(f"xlate{pc}")
-        if kind is not None and kind[0] in ("s", "S"):
+
+        def inline_check(ok: ir.Value, host: callable) -> None:
             fast = self.fn.append_basic_block(f"inrange{pc}")
-            lo = b.sub(c64(base.STACK_TOP),
-                       b.mul(b.add(self.depth, c64(1)), c64(isa.STACK_SIZE)))
-            ok = self.fits(b.sub(addr, lo), b.sub(c64(base.STACK_TOP), lo), nbytes)
-            b.cbranch(ok, fast, slow)
+            other = self.fn.append_basic_block(f"notin{pc}")
+            b.cbranch(ok, fast, other)
             b.position_at_end(fast)
-            incoming.append((b.gep(self.stack, [b.sub(addr, c64(STACK_LO))], source_etype=I8),
-                             b.block))
+            incoming.append((host(), b.block))
             b.branch(done)
-        elif kind is not None and kind[0] in ("m", "M") and \
+            b.position_at_end(other)
+
+        if kind is not None and kind[0] in ("m", "M") and \
                 not (write and self.mt.is_readonly(maps[kind[1]])):
             i = kind[1]
-            fast = self.fn.append_basic_block(f"inrange{pc}")
             off = b.sub(addr, c64(base.map_base(i)))
-            ok = self.fits(off, c64(self.mt.region_size(i)), nbytes)
-            b.cbranch(ok, fast, slow)
-            b.position_at_end(fast)
-            incoming.append((b.gep(self.map_host_base(i), [off], source_etype=I8), b.block))
-            b.branch(done)
-        else:
-            b.branch(slow)
+            inline_check(self.fits(off, c64(self.mt.region_size(i)), nbytes),
+                         lambda: b.gep(self.map_host_base(i), [off], source_etype=I8))
+        # The stack is always checked inline: its host memory (an alloca of stord_entry)
+        # must never escape into a call, or LLVM could not keep stack slots in registers.
+        lo = b.sub(c64(base.STACK_TOP), b.mul(b.add(self.depth, c64(1)), c64(isa.STACK_SIZE)))
+        inline_check(self.fits(b.sub(addr, lo), b.sub(c64(base.STACK_TOP), lo), nbytes),
+                     lambda: b.gep(self.stack, [b.sub(addr, c64(STACK_LO))], source_etype=I8))
+        b.branch(slow)
         b.position_at_end(slow)
-        p = b.call(self.mt.runtime.xlate, [self.env, self.stack, self.depth, addr, nbytes,
-                                           c64(int(write))])
+        p = b.call(self.mt.runtime.xlate, [self.env, addr, nbytes, c64(int(write))])
         info = b.or_(nbytes, c64(L.WRITE_BIT if write else 0))
         self.check(b.icmp_unsigned("!=", p, ir.Constant(PTR, None)), L.ST_ACCESS, pc, addr,
                    info)
         incoming.append((p, b.block))
         b.branch(done)
         b.position_at_end(done)
+        self.carry_cache(cache)
         if len(incoming) == 1:
             return incoming[0][0]
         phi = b.phi(PTR)
@@ -360,7 +427,8 @@ class FunctionTranslator:
 
     def map_desc(self, index: int) -> ir.Value:
         maps = self.env_field(L.MAPS, PTR, invariant=True)
-        return self.b.gep(maps, [c64(index * L.MAPDESC_SIZE)], source_etype=I8)
+        return self.hoisted(("desc", index), lambda: self.b.gep(
+            maps, [c64(index * L.MAPDESC_SIZE)], source_etype=I8))
 
     def load_mem(self, addr: ir.Value, size: int, pc: int, signed: bool = False,
                  kind: kinds.Kind = None) -> ir.Value:
@@ -384,7 +452,7 @@ class FunctionTranslator:
 
     def translate(self) -> None:
         b = self.b
-        b.branch(self.block_at(self.sub.start))
+        self.entry_term = b.branch(self.block_at(self.sub.start))
         pc = self.sub.start
         leaders = self._leaders()
         for t in leaders:
@@ -481,7 +549,7 @@ class FunctionTranslator:
         p = self.host_ptr(addr, size, True, pc, self.kind(pc, ins.dst, ins.off))
         old = b.load(p, typ=ty)
         old.align = 1
-        src = b.trunc(self.reg(ins.src), ty) if size == 4 else self.reg(ins.src)
+        src = self.reg32(ins.src) if size == 4 else self.reg(ins.src)
         op = ins.imm
         if op == isa.CMPXCHG:
             r0 = self.reg(0)
@@ -510,11 +578,13 @@ class FunctionTranslator:
         if op == isa.END:
             self._end(pc, ins, is64)
             return
-        dst_full = self.reg(ins.dst)
-        dst = dst_full if is64 else b.trunc(dst_full, I32)
+        if op == isa.MOV:
+            dst = None
+        else:
+            dst = self.reg(ins.dst) if is64 else self.reg32(ins.dst)
         if ins.op & isa.X:
             src_full = self.reg(ins.src)
-            src = src_full if is64 else b.trunc(src_full, I32)
+            src = src_full if is64 else self.reg32(ins.src)
         else:
             src_full = c64(ins.imm if ins.imm >= 0 else ins.imm + (1 << 64))
             src = src_full if is64 else c32(ins.imm)
@@ -594,13 +664,12 @@ class FunctionTranslator:
             self.jump(pc, pc + (ins.imm if is32 else ins.off) + 1)
             return
         target = pc + ins.off + 1
-        dst = self.reg(ins.dst)
-        if ins.op & isa.X:
-            src = self.reg(ins.src)
-        else:
-            src = c64(ins.imm)
         if is32:
-            dst, src = b.trunc(dst, I32), b.trunc(src, I32)
+            dst = self.reg32(ins.dst)
+            src = self.reg32(ins.src) if ins.op & isa.X else c32(ins.imm)
+        else:
+            dst = self.reg(ins.dst)
+            src = self.reg(ins.src) if ins.op & isa.X else c64(ins.imm)
         preds = {isa.JEQ: ("u", "=="), isa.JNE: ("u", "!="), isa.JGT: ("u", ">"),
                  isa.JGE: ("u", ">="), isa.JLT: ("u", "<"), isa.JLE: ("u", "<="),
                  isa.JSGT: ("s", ">"), isa.JSGE: ("s", ">="), isa.JSLT: ("s", "<"),
