@@ -134,3 +134,16 @@ def csv_numbers(path: Path, column: int, header: bool = True) -> list[Decimal]:
         except (IndexError, InvalidOperation):
             pass
     return out
+
+
+@pytest.fixture(scope="session")
+def fast_engine() -> str:
+    """jit when it works here (load tests need cached loads in milliseconds), else interp."""
+    from stord.engines.base import available_engines
+    avail = available_engines()
+    if avail.get("jit") is None:
+        return "jit"
+    if avail.get("interp") is None:
+        print(f"jit unavailable ({avail.get('jit')}): load test runs on interp (slow)")
+        return "interp"
+    pytest.skip(f"no userspace engine: jit: {avail.get('jit')}; interp: {avail.get('interp')}")

@@ -26,7 +26,7 @@ def tiny(data_root: Path) -> str:
     return "data/tiny.csv"
 
 
-def test_fifty_clients_twenty_queries_each(daemon, engine, tiny, data_root) -> None:
+def test_fifty_clients_twenty_queries_each(daemon, fast_engine, tiny, data_root) -> None:
     expected_rows = len(csv_rows(data_root / tiny))
 
     def client(i: int) -> list[int]:
@@ -34,7 +34,7 @@ def test_fifty_clients_twenty_queries_each(daemon, engine, tiny, data_root) -> N
         # timeout: a stuck daemon fails the test instead of hanging it
         with Client(daemon.address, token=ALICE, timeout=300) as c:
             for _ in range(QUERIES):
-                r = c.query(tiny, "count", engine=engine, header=True)
+                r = c.query(tiny, "count", engine=fast_engine, header=True)
                 out.append(r.stats["bytes_scanned"])
                 assert _rows(r.value) == expected_rows
         return out
