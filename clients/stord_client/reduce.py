@@ -16,8 +16,9 @@ depend on the order in which results arrive.
 from __future__ import annotations
 
 import functools
+import operator
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 OPS = ("sum", "min", "max", "or", "and")
@@ -38,7 +39,7 @@ class ReduceOverflow(ArithmeticError):
 
 def merge(a: Any, b: Any, spec: Any) -> Any:
     """Merge two decoded states (or sub-values) by `spec`."""
-    return _merge([a, b], spec, "")
+    return _run(_compile(spec), [a, b])
 
 
 def merge_all(states: Iterable[Any], spec: Any) -> Any:
@@ -46,105 +47,166 @@ def merge_all(states: Iterable[Any], spec: Any) -> Any:
     values = list(states)
     if not values:
         return {}
+    merger = _compile(spec)
     if len(values) == 1:
         return values[0]
-    return _merge(values, spec, "")
+    return _run(merger, values)
 
 
-def _merge(values: list[Any], spec: Any, path: str) -> Any:
+def merger(spec: Any) -> Callable[[list[Any]], Any]:
+    """A function merging a list of values by `spec`, compiled once for many merges."""
+    compiled = _compile(spec)
+    return lambda values: values[0] if len(values) == 1 else _run(compiled, values)
+
+
+# A spec is compiled once into nested closures (a group-by map merges thousands of entries
+# by one value spec). Errors carry the path to the value, added while they propagate, so
+# the common case pays nothing for it.
+
+_Merger = Callable[[list[Any]], Any]
+
+
+class _PathError(Exception):
+    def __init__(self, kind: type[Exception], message: str):
+        super().__init__(message)
+        self.kind, self.message, self.path = kind, message, []
+
+
+def _run(merger: _Merger, values: list[Any]) -> Any:
+    try:
+        return merger(values)
+    except _PathError as e:
+        where = "".join(reversed(e.path)).lstrip(".") or "value"
+        raise e.kind(f"{where}: {e.message}") from None
+
+
+def _at(part: str, merger: _Merger, values: list[Any]) -> Any:
+    try:
+        return merger(values)
+    except _PathError as e:
+        e.path.append(part)
+        raise
+
+
+def _compile(spec: Any) -> _Merger:
+    if isinstance(spec, str):
+        return _elementwise(_compile_leaf(spec))
     if isinstance(spec, dict):
         if set(spec) == {"*"}:
-            return _merge_map(values, spec["*"], path)
-        if all(isinstance(v, list) for v in values):
-            return _merge_arrays(values, spec, path)
+            return _compile_map(_compile(spec["*"]))
+        return _elementwise(_compile_struct({k: _compile(v) for k, v in spec.items()}))
+    raise ReduceError(f"bad reduce spec {spec!r}")
+
+
+def _elementwise(merger: _Merger) -> _Merger:
+    """Lists (arrays, also of structs) merge position by position with the same merger."""
+    def merge_any(values: list[Any]) -> Any:
+        if type(values[0]) is not list:
+            return merger(values)
+        n = len(values[0])
         for v in values:
-            if not isinstance(v, dict):
-                raise ReduceError(f"{path or 'state'}: expected a struct, got "
-                                  f"{type(v).__name__}")
-            extra = set(v) - set(spec)
-            if extra:
-                raise ReduceError(f"{path or 'state'}: fields {sorted(extra)} are not in "
-                                  "the reduce spec")
+            if type(v) is not list or len(v) != n:
+                raise _PathError(ReduceError, "arrays of different shapes")
+        return [_at(f"[{i}]", merge_any, [v[i] for v in values]) for i in range(n)]
+    return merge_any
+
+
+def _compile_struct(fields: dict[str, _Merger]) -> _Merger:
+    items = list(fields.items())
+    known = set(fields)
+
+    def merge_struct(values: list[Any]) -> Any:
+        for v in values:
+            if type(v) is not dict:
+                raise _PathError(ReduceError, f"expected a struct, got {type(v).__name__}")
+            if not v.keys() <= known:
+                raise _PathError(ReduceError, f"fields {sorted(set(v) - known)} are not in "
+                                              "the reduce spec")
         out = {}
-        for k, sub in spec.items():
+        for k, sub in items:
             present = [v[k] for v in values if k in v]
             if len(present) == 1:
                 out[k] = present[0]
             elif present:
-                out[k] = _merge(present, sub, f"{path}.{k}" if path else str(k))
+                out[k] = _at(f".{k}", sub, present)
         return out
-    if isinstance(spec, str):
-        if all(isinstance(v, list) for v in values):
-            return _merge_arrays(values, spec, path)
-        return _leaf(values, spec, path)
-    raise ReduceError(f"{path or 'state'}: bad reduce spec {spec!r}")
+    return merge_struct
 
 
-def _merge_map(values: list[Any], spec: Any, path: str) -> dict:
-    groups: dict[Any, list[Any]] = {}
-    for v in values:
-        if not isinstance(v, dict):
-            raise ReduceError(f"{path or 'state'}: expected a map, got {type(v).__name__}")
-        for k, x in v.items():
-            groups.setdefault(k, []).append(x)
-    return {k: xs[0] if len(xs) == 1 else _merge(xs, spec, f"{path}[{k!r}]")
-            for k, xs in groups.items()}
-
-
-def _merge_arrays(values: list[list[Any]], spec: Any, path: str) -> list:
-    n = len(values[0])
-    if any(len(v) != n for v in values):
-        raise ReduceError(f"{path or 'state'}: arrays of different lengths "
-                          f"{sorted({len(v) for v in values})}")
-    return [_merge([v[i] for v in values], spec, f"{path}[{i}]")
-            for i in range(n)]
+def _compile_map(value: _Merger) -> _Merger:
+    def merge_map(values: list[Any]) -> Any:
+        groups: dict[Any, list[Any]] = {}
+        for v in values:
+            if type(v) is not dict:
+                raise _PathError(ReduceError, f"expected a map, got {type(v).__name__}")
+            for k, x in v.items():
+                g = groups.get(k)
+                if g is None:
+                    groups[k] = [x]
+                else:
+                    g.append(x)
+        return {k: xs[0] if len(xs) == 1 else _at(f"[{k!r}]", value, xs)
+                for k, xs in groups.items()}
+    return merge_map
 
 
 @functools.lru_cache(maxsize=256)
-def _parse_leaf(spec: str) -> tuple[str, str, int, bool]:
-    """(op, kind, bits, signed): kind is int, float, bool, str or bytes."""
+def _compile_leaf(spec: str) -> _Merger:
     op, _, typ = spec.partition(":")
     if op not in OPS:
         raise ReduceError(f"unknown reduce op {op!r} in {spec!r}")
     if m := _INT_RE.match(typ):
-        bits = int(m.group(2))
+        bits, signed = int(m.group(2)), m.group(1) == "i"
         if bits == 0:
             raise ReduceError(f"bad type in reduce spec {spec!r}")
-        return op, "int", bits, m.group(1) == "i"
-    if typ in ("f32", "f64"):
-        kind = "float"
-    elif typ in ("bool", "str", "bytes"):
-        kind = typ
+        kind = "int"
+    elif typ in ("f32", "f64", "bool", "str", "bytes"):
+        kind, bits, signed = ("float" if typ[0] == "f" else typ), 0, False
     else:
         raise ReduceError(f"unknown type {typ!r} in reduce spec {spec!r}")
-    bitwise_ok = kind in ("int", "bool")
-    if (op in ("or", "and") and not bitwise_ok) or (op == "sum" and kind in ("bool", "str",
-                                                                             "bytes")):
+    if (op in ("or", "and") and kind not in ("int", "bool")) or \
+            (op == "sum" and kind in ("bool", "str", "bytes")):
         raise ReduceError(f"reduce op {op!r} does not apply to {typ} ({spec!r})")
-    return op, kind, 0, False
+    want = _TYPES[kind]
 
+    def check(values: list[Any]) -> None:
+        for v in values:
+            if not isinstance(v, want) or (kind == "int" and type(v) is bool):
+                raise _PathError(ReduceError, f"{v!r} is not a {typ}")
 
-def _leaf(values: list[Any], spec: str, path: str) -> Any:
-    op, kind, bits, signed = _parse_leaf(spec)
-    want = {"int": int, "float": (int, float), "bool": (bool, int), "str": str,
-            "bytes": (bytes, bytearray)}[kind]
-    for v in values:
-        if not isinstance(v, want) or kind == "int" and isinstance(v, bool):
-            raise ReduceError(f"{path or 'value'}: {v!r} is not a {spec.partition(':')[2]}")
-    if op == "min":
-        return min(values)
-    if op == "max":
-        return max(values)
+    if op in ("min", "max"):
+        pick = min if op == "min" else max
+
+        def merge_pick(values: list[Any]) -> Any:
+            check(values)
+            return pick(values)
+        return merge_pick
     if kind == "bool":
-        return any(values) if op == "or" else all(values)
-    if op == "or":
-        return functools.reduce(lambda x, y: x | y, values)
-    if op == "and":
-        return functools.reduce(lambda x, y: x & y, values)
-    total = sum(values)
-    if kind == "int":
-        lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
-        if not lo <= total <= hi:
-            raise ReduceOverflow(f"{path or 'value'}: the sum {total} does not fit "
-                                 f"{spec.partition(':')[2]} [{lo}, {hi}]")
-    return total
+        agg = any if op == "or" else all
+
+        def merge_bool(values: list[Any]) -> Any:
+            check(values)
+            return agg(values)
+        return merge_bool
+    if op in ("or", "and"):
+        bitop = operator.or_ if op == "or" else operator.and_
+
+        def merge_bits(values: list[Any]) -> Any:
+            check(values)
+            return functools.reduce(bitop, values)
+        return merge_bits
+    lo, hi = ((-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)) \
+        if kind == "int" else (None, None)
+
+    def merge_sum(values: list[Any]) -> Any:
+        check(values)
+        total = sum(values)
+        if lo is not None and not lo <= total <= hi:
+            raise _PathError(ReduceOverflow, f"the sum {total} does not fit {typ} [{lo}, {hi}]")
+        return total
+    return merge_sum
+
+
+_TYPES: dict[str, type | tuple[type, ...]] = {
+    "int": int, "float": (int, float), "bool": (bool, int), "str": str,
+    "bytes": (bytes, bytearray)}

@@ -23,7 +23,7 @@ from stord.server.checkout import ensure_client_importable
 
 ensure_client_importable()  # the merge lives in the SDK so that clients share it
 
-from stord_client.reduce import ReduceOverflow, merge_all  # noqa: E402
+from stord_client.reduce import ReduceOverflow, merge_all, merger  # noqa: E402
 
 if TYPE_CHECKING:
     from stord.program.btf import Btf
@@ -159,15 +159,23 @@ def decode(prog: Program, state: State, spec: dict[str, Any] | None = None) -> d
                     out[name] = _prune(value, spec[name])
         elif m.name in spec and m.name in state.maps:
             vspec = spec[m.name]["*"]
+            merge_cpus = merger(vspec)
+            prune = True       # until the first entry shows there is nothing to leave out
             entries: dict[Any, Any] = {}
             for k, v in state.maps[m.name].items():
-                values = [_prune(_decode_value(btf, m, m.value_type_id, m.value_size, part),
-                                 vspec) for part in _per_cpu(m, v)]
+                values = []
+                for part in _per_cpu(m, v):
+                    value = _decode_value(btf, m, m.value_type_id, m.value_size, part)
+                    if prune:
+                        pruned = _prune(value, vspec)
+                        prune = pruned != value
+                        value = pruned
+                    values.append(value)
                 try:
-                    entries[_key(_decode_value(btf, m, m.key_type_id, m.key_size, k))] = \
-                        merge_all(values, vspec)
+                    merged = merge_cpus(values)
                 except ReduceOverflow as e:
                     raise ResultOverflow(str(e)) from None
+                entries[_key(_decode_value(btf, m, m.key_type_id, m.key_size, k))] = merged
             out[m.name] = entries
     return out
 
