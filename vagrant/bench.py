@@ -1,0 +1,141 @@
+"""Benchmark inside the VM: the hook engine against jit and a plain read() of the same file.
+
+    python -m vagrant.harness bench [--mb 32] [--repeat 3]     (from the host)
+    python -m vagrant.bench --out result.json                  (inside the VM)
+
+One CSV (id,sensor,value,flag) on a ramfs (its reads go through filemap_read, where the
+hook is), page cache warm; the `stats` built-in over column `value`. Measured in the same
+run, best of --repeat:
+- read:  read() of the whole file into a user buffer, nothing else (the copy-out floor);
+- jit:   read() chunks into user space and run the jitted program on each (what the daemon
+         does without the hook);
+- hook:  one read() through the hook, the program in the kernel, no copy-out.
+Under qemu TCG every figure is emulated: only the ratios mean something, and only within
+one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from stord.engines.hook.engine import HookEngine
+from stord.engines.jit.engine import JitEngine
+from stord.program.elf import load_object
+from stord.program.model import Program
+from stord.program.toolchain import builtin_object
+from stord.query.state import decode
+
+READ_BUF = 1 << 20
+
+
+def write_csv(path: Path, mb: int, seed: int = 1) -> int:
+    rnd = random.Random(seed)
+    target = mb << 20
+    with open(path, "w") as f:
+        f.write("id,sensor,value,flag\n")
+        size, i = 0, 0
+        while size < target:
+            rows = "".join(f"{i + k},s{rnd.randrange(8)},{rnd.uniform(-50, 150):.2f},"
+                           f"{rnd.randrange(2)}\n" for k in range(1000))
+            f.write(rows)
+            size += len(rows)
+            i += 1000
+    return path.stat().st_size
+
+
+def mount_ramfs() -> Path:
+    d = Path(tempfile.mkdtemp(prefix="stord-bench-"))
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(b"none", str(d).encode(), b"ramfs", 0, None) != 0:
+        raise SystemExit(f"bench: mount ramfs: {os.strerror(ctypes.get_errno())}")
+    return d
+
+
+def plain_read(path: Path) -> int:
+    buf = bytearray(READ_BUF)
+    total = 0
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            total += n
+    return total
+
+
+def jit_run(prog: Program, path: Path, size: int) -> dict:
+    buf = bytearray(READ_BUF)
+    view = memoryview(buf)
+    with JitEngine().load(prog) as inst, open(path, "rb", buffering=0) as f:
+        pos = 0
+        while True:
+            n = f.readinto(buf)
+            inst.run_chunk(view[:n], pos, pos + n >= size)
+            pos += n
+            if pos >= size:
+                break
+        return decode(prog, inst.read_state())
+
+
+def hook_run(prog: Program, path: Path, size: int) -> dict:
+    with HookEngine().load(prog) as inst, open(path, "rb") as f:
+        inst.run_file(f.fileno(), 0, size)
+        return decode(prog, inst.read_state())
+
+
+def best(fn: Callable[[], object], repeat: int) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return min(times), out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mb", type=int, default=32, help="CSV size in MiB")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--out", type=Path, help="write the result as JSON here too")
+    a = ap.parse_args(argv)
+    reason = HookEngine.probe()
+    if reason is not None:
+        print(f"bench: hook engine unavailable: {reason}", file=sys.stderr)
+        return 2
+    d = mount_ramfs()
+    path = d / "bench.csv"
+    size = write_csv(path, a.mb)
+    prog = load_object(builtin_object("stats")).with_params(col=2, header=1, scale=2)
+    plain_read(path)   # warm (ramfs is always resident; this warms the caches)
+    t_read, _ = best(lambda: plain_read(path), a.repeat)
+    t_jit, s_jit = best(lambda: jit_run(prog, path, size), a.repeat)
+    t_hook, s_hook = best(lambda: hook_run(prog, path, size), a.repeat)
+    mbs = {k: size / t / 1e6 for k, t in (("read", t_read), ("jit", t_jit), ("hook", t_hook))}
+    result = {
+        "bytes": size, "repeat": a.repeat, "kernel": os.uname().release,
+        "seconds": {"read": t_read, "jit": t_jit, "hook": t_hook},
+        "MB_per_s": mbs,
+        "ratio_hook_over_jit": t_jit / t_hook,
+        "ratio_hook_over_read": t_read / t_hook,
+        "states_equal": s_jit == s_hook,
+        "note": "qemu TCG: emulated CPU; compare ratios within this run only",
+    }
+    print(json.dumps(result, indent=2))
+    if a.out:
+        a.out.write_text(json.dumps(result, indent=2) + "\n")
+    os.remove(path)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.umount2(str(d).encode(), 0)
+    d.rmdir()
+    return 0 if s_jit == s_hook else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
