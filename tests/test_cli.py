@@ -1,0 +1,170 @@
+"""`stor` and `stord` as a user runs them (subprocesses), against a real daemon."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ALICE, csv_numbers
+from test_client import NEWLINES, REPORTS_OVERFLOW
+from test_server import OUT_OF_BOUNDS
+
+from stord.server.launch import child_env
+
+
+def run(*args: str, host: str | None = None, token: str | None = ALICE,
+        module: str = "stord.cli.stor", timeout: float = 300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", module, *args]
+    if host is not None:
+        cmd += ["--host", host]
+    if token is not None and module == "stord.cli.stor":
+        cmd += ["--token", token]
+    return subprocess.run(cmd, env=child_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def one_error_line(p: subprocess.CompletedProcess, code: str | None = None) -> str:
+    assert p.returncode != 0
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr          # one clear line, never a traceback
+    assert lines[0].startswith("stor: ") and "Traceback" not in p.stderr
+    if code is not None:
+        assert lines[0].startswith(f"stor: {code}:"), lines[0]
+    return lines[0]
+
+
+def test_ping_and_stats(daemon) -> None:
+    p = run("ping", "--json", host=daemon.address)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["version"]
+    p = run("stats", "--json", host=daemon.address)
+    assert p.returncode == 0, p.stderr
+    s = json.loads(p.stdout)
+    assert s["daemon_rss"] > 0 and "bytes_scanned" in s
+    p = run("stats", host=daemon.address)
+    assert p.returncode == 0 and "queries_served:" in p.stdout
+
+
+def test_avg_json_by_name_and_index(daemon, engine, data_root) -> None:
+    vals = csv_numbers(data_root / "data" / "sensors.csv", 2)
+    want = float(sum(vals) / len(vals))
+    outs = []
+    for col in ("value", "2"):
+        p = run("avg", "data/sensors.csv", "--column", col, "--header", "--engine", engine,
+                "--json", host=daemon.address)
+        assert p.returncode == 0, p.stderr
+        out = json.loads(p.stdout)
+        assert set(out) == {"result", "stats"}
+        v = out["result"]["avg"] if isinstance(out["result"], dict) else out["result"]
+        assert v == pytest.approx(want, rel=1e-12)
+        assert out["stats"]["bytes_scanned"] == (data_root / "data" / "sensors.csv").stat().st_size
+        outs.append(out["result"])
+    assert outs[0] == outs[1]
+
+
+def test_human_output(daemon, engine) -> None:
+    p = run("avg", "data/sensors.csv", "-c", "value", "--header", "--engine", engine,
+            host=daemon.address)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip()
+    assert "scanned" in p.stderr and "returned" in p.stderr and engine in p.stderr
+
+
+def test_query_with_program_file_and_params(daemon, engine, data_root, tmp_path) -> None:
+    src = tmp_path / "count_byte.c"
+    src.write_text(NEWLINES)
+    data = (data_root / "data" / "sensors.csv").read_bytes()
+    p = run("query", str(src), "data/sensors.csv", "-p", "ch=44", "--engine", engine,
+            "--json", host=daemon.address)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["result"] == {"hits": data.count(b",")}
+
+
+@pytest.mark.parametrize("args, code", [
+    (("avg", "data/nope.csv", "-c", "1"), "not_found"),
+    (("avg", "data/../outside/passwd.csv", "-c", "1"), "access_denied"),
+    (("avg", "other/secret.csv", "-c", "1"), "access_denied"),
+    (("count", "data/sensors.csv", "--engine", "warp"), "engine_unavailable"),
+])
+def test_errors_are_one_line(daemon, args, code) -> None:
+    one_error_line(run(*args, host=daemon.address), code)
+
+
+def test_error_on_overflow(daemon, engine, tmp_path) -> None:
+    src = tmp_path / "ovf.c"
+    src.write_text(REPORTS_OVERFLOW)
+    one_error_line(run("query", str(src), "data/sensors.csv", "--engine", engine,
+                       host=daemon.address), "overflow")
+
+
+def test_bad_token_and_no_daemon(daemon) -> None:
+    one_error_line(run("count", "data/sensors.csv", host=daemon.address, token="wrong"),
+                   "access_denied")
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    line = one_error_line(run("ping", host=f"127.0.0.1:{port}"))
+    assert "connection refused" in line
+
+
+def test_usage_error_exit_2(daemon) -> None:
+    p = run("count", "data/sensors.csv", "--op", "gt", host=daemon.address)
+    assert p.returncode == 2 and "go together" in p.stderr
+
+
+def test_stord_build(tmp_path) -> None:
+    src = tmp_path / "p.c"
+    src.write_text(NEWLINES)
+    out = tmp_path / "p.o"
+    p = run("build", str(src), "-o", str(out), module="stord.cli.stord", token=None)
+    assert p.returncode == 0, p.stderr
+    assert out.read_bytes()[:4] == b"\x7fELF"
+    bad = tmp_path / "bad.c"
+    bad.write_text("int f(void) { return nope; }\n")
+    p = run("build", str(bad), module="stord.cli.stord", token=None)
+    assert p.returncode == 1 and p.stderr.startswith("stord: compile_error:")
+
+
+def test_stord_verify(tmp_path) -> None:
+    from stord.engines.base import available_engines
+    reason = available_engines().get("kernel")
+    if reason is not None:
+        pytest.skip(f"kernel engine unavailable: {reason}")
+    good, bad = tmp_path / "good.c", tmp_path / "bad.c"
+    good.write_text(REPORTS_OVERFLOW)
+    bad.write_text(OUT_OF_BOUNDS)
+    p = run("verify", str(good), module="stord.cli.stord", token=None)
+    assert p.returncode == 0, p.stderr
+    assert "accepted by the kernel verifier" in p.stderr
+    p = run("verify", str(bad), module="stord.cli.stord", token=None)
+    assert p.returncode == 1 and p.stderr.startswith("stord: verifier_rejected:")
+
+
+def test_stord_serve_bad_config(tmp_path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('listen = "127.0.0.1:0"\n[exports]\nx = "/does/not/exist"\n')
+    p = run("serve", "--config", str(cfg), module="stord.cli.stord", token=None, timeout=60)
+    assert p.returncode == 1
+    assert "not a directory" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_example_config_parses(tmp_path) -> None:
+    import tomllib
+
+    from stord.server.config import parse_config
+    raw = tomllib.loads((Path(__file__).parents[1] / "docs" / "stord.toml.example").read_text())
+    raw["exports"] = {name: str(tmp_path) for name in raw["exports"]}
+    cfg = parse_config(raw)
+    assert cfg.port == 7411 and {t.name for t in cfg.tenants} == {"analytics", "ops"}
+
+
+def test_demo(engine) -> None:
+    p = subprocess.run([sys.executable, "-m", "stord.cli.demo", "--rows", "300", "--engine",
+                        engine], env=child_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "bytes scanned on the node" in p.stdout and "stopped (exit code 0)" in p.stdout
