@@ -8,6 +8,9 @@ own messages. Skipped, with the probe's reason, where bpf(2) cannot load and run
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -336,6 +339,23 @@ def test_kernel_objects_are_released(kernel, linestats) -> None:
                 MapDef(name="ok", type=MAP_HASH, key_size=4, value_size=8, max_entries=4),
                 MapDef(name="bad", type=MAP_HASH, key_size=0, value_size=8, max_entries=4)]))
     assert open_fds() == before
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) not installed")
+def test_probe_names_the_missing_capability() -> None:
+    """Without CAP_BPF/CAP_SYS_ADMIN the probe says why, and get_engine refuses cleanly."""
+    code = ("from stord.engines.base import get_engine\n"
+            "from stord.engines.kernel.engine import KernelEngine\n"
+            "from stord.errors import EngineUnavailable\n"
+            "print(KernelEngine.probe())\n"
+            "try:\n    get_engine('kernel')\nexcept EngineUnavailable as e:\n    print(e.code)\n")
+    out = subprocess.run(["setpriv", "--inh-caps=-all", "--bounding-set=-all",
+                          sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr
+    reason, code_line = out.stdout.strip().splitlines()
+    assert "EPERM" in reason
+    assert code_line == "engine_unavailable"
 
 
 # -- conformance vectors ----------------------------------------------------------------------
