@@ -334,3 +334,19 @@ def test_stats_count_queries_and_bytes(daemon, engine, data_root) -> None:
     assert s1["bytes_returned"] - s0["bytes_returned"] == r.stats["bytes_returned"]
     assert 0 < r.stats["bytes_returned"] < 2000
     assert SENSORS_ROWS > 0
+
+
+def test_require_kernel_verifier(daemon_factory, engine) -> None:
+    from stord.engines.base import available_engines
+    reason = available_engines().get("kernel")
+    if reason is not None:
+        pytest.skip(f"kernel engine unavailable: {reason}")
+    from test_client import REPORTS_OVERFLOW
+    d = daemon_factory("verifier", extra="require_kernel_verifier = true")
+    ok = REPORTS_OVERFLOW.replace("overflow = 1", "overflow = 0")
+    with Client(d.address, token=ALICE) as c:
+        # the verifier refuses the unchecked read before the interpreter ever runs it
+        with pytest.raises(StordError) as e:
+            c.query("data/sensors.csv", OUT_OF_BOUNDS, engine=engine)
+        assert code_of(e) == "verifier_rejected"
+        assert c.query("data/sensors.csv", ok, engine=engine).value == {"overflow": 0}
