@@ -350,3 +350,31 @@ def test_require_kernel_verifier(daemon_factory, engine) -> None:
             c.query("data/sensors.csv", OUT_OF_BOUNDS, engine=engine)
         assert code_of(e) == "verifier_rejected"
         assert c.query("data/sensors.csv", ok, engine=engine).value == {"overflow": 0}
+
+
+HUGE_MAP = r"""
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 1 << 30);
+    __type(key, __u64);
+    __type(value, __u64);
+} huge SEC(".maps");
+SEC("xdp") int hog(struct xdp_md *ctx)
+{
+    __u64 k = 1, v = 1;
+    bpf_map_update_elem(&huge, &k, &v, BPF_ANY);
+    return XDP_PASS;
+}
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+def test_map_size_limit(daemon, engine) -> None:
+    # 2^30 entries x 16 bytes: refused before any engine allocates a byte of it
+    with Client(daemon.address, token=ALICE) as c:
+        with pytest.raises(StordError) as e:
+            c.query("data/sensors.csv", HUGE_MAP, engine=engine)
+        assert code_of(e) == "limit_exceeded" and "maps" in str(e.value)
+        assert c.ping()["version"]

@@ -34,6 +34,7 @@ class Limits:
     instruction_budget: int = 1 << 32     # per program call (interp: instructions, jit: back-edges)
     max_program_bytes: int = 1 << 20      # ELF object or C source as sent
     max_program_insns: int = 1_000_000    # after loading (the kernel's own limit)
+    max_map_bytes: int = 256 << 20        # keys + values of all maps a program declares
     max_result_bytes: int = 1 << 20       # the packed reply of one query
     max_request_bytes: int = 4 << 20      # one msgpack-RPC message (program included)
     max_connections: int = 1024

@@ -419,6 +419,7 @@ class Daemon:
             task = {"op": "query", "kind": kind, "object": obj, "params": params,
                     "header": header, "path": str(r.path), "engine": engine,
                     "budget": lim.instruction_budget, "max_insns": lim.max_program_insns,
+                    "max_map_bytes": lim.max_map_bytes,
                     "verify_kernel": self.config.require_kernel_verifier}
             ranges = await self._plan(r, size, rng, owner)
             merged, elapsed_w = await self._run_ranges(conn, msgid, task, ranges, owner,

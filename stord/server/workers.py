@@ -110,6 +110,12 @@ def build_program(task: dict[str, Any]) -> Any:
     if max_insns is not None and len(prog.insns) > max_insns:
         raise LimitExceeded(f"program has {len(prog.insns)} instructions, "
                             f"the limit is {max_insns}")
+    max_map = task.get("max_map_bytes")
+    if max_map is not None:
+        # Checked before any engine allocates: a map of 2^31 entries must not OOM the node.
+        total = sum((m.key_size + m.value_size) * m.max_entries for m in prog.maps)
+        if total > max_map:
+            raise LimitExceeded(f"program maps need {total} bytes, the limit is {max_map}")
     return prog
 
 
