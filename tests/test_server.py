@@ -378,3 +378,14 @@ def test_map_size_limit(daemon, engine) -> None:
             c.query("data/sensors.csv", HUGE_MAP, engine=engine)
         assert code_of(e) == "limit_exceeded" and "maps" in str(e.value)
         assert c.ping()["version"]
+
+
+def test_memory_limit_kills_worker(daemon_factory, engine) -> None:
+    # 1 MiB is less than any Python process: the watchdog must stop the running query
+    d = daemon_factory("mem", limits="max_worker_memory_bytes = 1048576\n"
+                       "query_cpu_seconds = 120", budget=HUGE_BUDGET)
+    with Client(d.address, token=ALICE) as c:
+        with pytest.raises(StordError) as e:
+            c.query("data/sensors.csv", ENDLESS, engine=engine)
+        assert code_of(e) == "limit_exceeded" and "memory" in str(e.value)
+        assert c.ping()["version"]

@@ -35,6 +35,7 @@ class Limits:
     max_program_bytes: int = 1 << 20      # ELF object or C source as sent
     max_program_insns: int = 1_000_000    # after loading (the kernel's own limit)
     max_map_bytes: int = 256 << 20        # keys + values of all maps a program declares
+    max_worker_memory_bytes: int = 4 << 30  # anonymous RSS of a worker (not the mmapped file)
     max_result_bytes: int = 1 << 20       # the packed reply of one query
     max_request_bytes: int = 4 << 20      # one msgpack-RPC message (program included)
     max_connections: int = 1024

@@ -77,7 +77,8 @@ class Daemon:
     def __init__(self, config: Config, log: Log | None = None) -> None:
         self.config = config
         self.log = log or Log(config.log_format)
-        self.pool = WorkerPool(config.worker_count, config.limits.query_cpu_seconds, self.log)
+        self.pool = WorkerPool(config.worker_count, config.limits.query_cpu_seconds, self.log,
+                               config.limits.max_worker_memory_bytes)
         self.counters = Counters()
         self.engines: dict[str, str | None] = {}
         self.default_engine = "interp"

@@ -194,7 +194,7 @@ class Worker:
     ps: psutil.Process | None
     busy: bool = False
     cpu_start: float = 0.0
-    kill_reason: str | None = None    # "cpu", "cancel", "shutdown" when the daemon killed it
+    kill_reason: str | None = None    # "cpu", "memory", "cancel", "shutdown": the daemon killed it
     tasks: int = 0
 
     @property
@@ -233,9 +233,11 @@ class Owner:
 
 
 class WorkerPool:
-    def __init__(self, size: int, cpu_limit: float, log: Log) -> None:
+    def __init__(self, size: int, cpu_limit: float, log: Log,
+                 memory_limit: int = 0) -> None:
         self.size = size
         self.cpu_limit = cpu_limit
+        self.memory_limit = memory_limit
         self.log = log
         self.ctx = multiprocessing.get_context("spawn")
         self.all: set[Worker] = set()
@@ -324,6 +326,9 @@ class WorkerPool:
         if w.kill_reason == "cpu" or code == -signal.SIGXCPU:
             return LimitExceeded(f"the query used more than its CPU time limit of "
                                  f"{self.cpu_limit:g} s and was stopped")
+        if w.kill_reason == "memory":
+            return LimitExceeded(f"the query used more than {self.memory_limit} bytes of "
+                                 "memory and was stopped")
         if w.kill_reason == "cancel":
             return Cancelled("query cancelled")
         if w.kill_reason == "shutdown":
@@ -340,6 +345,9 @@ class WorkerPool:
                     if w.cpu_time() - w.cpu_start > self.cpu_limit:
                         self.log.warning("cpu_limit", pid=w.pid, limit=self.cpu_limit)
                         w.kill("cpu")
+                    elif self.memory_limit and anon_rss(w.pid) > self.memory_limit:
+                        self.log.warning("memory_limit", pid=w.pid, limit=self.memory_limit)
+                        w.kill("memory")
 
     def pids(self) -> list[int]:
         return [w.pid for w in self.all]
@@ -370,6 +378,19 @@ class WorkerPool:
                 w.proc.join(timeout=1)
             w.conn.close()
         self.threads.shutdown(wait=False, cancel_futures=True)
+
+
+def anon_rss(pid: int) -> int:
+    """Anonymous resident memory of a process: what it allocated, not the file it mmaps
+    (file pages are shared page cache and would make a big scan look like a leak)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def _roundtrip(conn: Connection, task: dict[str, Any]) -> Any:
