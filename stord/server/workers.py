@@ -196,6 +196,7 @@ class Worker:
     cpu_start: float = 0.0
     kill_reason: str | None = None    # "cpu", "memory", "cancel", "shutdown": the daemon killed it
     tasks: int = 0
+    limited: bool = False             # the watchdog's limits apply to the current task
 
     @property
     def pid(self) -> int:
@@ -252,7 +253,11 @@ class WorkerPool:
             self.idle.put_nowait(self._spawn())
         self._watchdog = asyncio.get_running_loop().create_task(self._watch())
         # Warm every worker up (imports done) before the daemon says it is listening.
-        await asyncio.gather(*(self.run({"op": "warm"}) for _ in range(self.size)))
+        warm = await asyncio.gather(*(self.run({"op": "warm"}) for _ in range(self.size)),
+                                    return_exceptions=True)
+        for r in warm:
+            if isinstance(r, BaseException):  # a replacement is already in the pool
+                self.log.warning("worker_warmup_failed", error=str(r))
 
     def _spawn(self) -> Worker:
         parent, child = self.ctx.Pipe(duplex=True)
@@ -290,6 +295,7 @@ class WorkerPool:
                 raise Cancelled("query cancelled")
             owner.workers.add(w)
         w.busy, w.kill_reason, w.cpu_start = True, None, w.cpu_time()
+        w.limited = task.get("op") == "query"  # limits apply to programs, not to housekeeping
         w.tasks += 1
         fut = loop.run_in_executor(self.threads, _roundtrip, w.conn, task)
         try:
@@ -341,7 +347,7 @@ class WorkerPool:
         while True:
             await asyncio.sleep(WATCHDOG_PERIOD)
             for w in list(self.all):
-                if w.busy and w.kill_reason is None:
+                if w.busy and w.limited and w.kill_reason is None:
                     if w.cpu_time() - w.cpu_start > self.cpu_limit:
                         self.log.warning("cpu_limit", pid=w.pid, limit=self.cpu_limit)
                         w.kill("cpu")
