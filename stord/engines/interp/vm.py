@@ -320,6 +320,8 @@ class _Translator:
         self.maps = maps or []
         # Registers known (on the path being emitted) to hold map_value(index) + offset.
         self.known: dict[int, tuple[int, int]] = {}
+        # Registers known (on the path being emitted) to hold a value below 2^32.
+        self.narrow: set[int] = set()
         self.second = lddw_second_slots(insns)
         self.lines: list[str] = []
         self.read_sites: set[int] = set()
@@ -373,7 +375,8 @@ class _Translator:
                 fast = f"((RC{i}[o] ^ 0x80) - 0x80) & M64" if signed else f"RC{i}[o]"
             else:
                 fast = f"{'S' if signed else 'U'}{size}(RC{i}, o)[0]" + (" & M64" if signed else "")
-            return [f"o = {s} + {off} - RB{i}", f"if 0 <= o < RN{i}:", f"    {d} = {fast}",
+            at = f"{s} + {off}" if off else s
+            return [f"o = {at} - RB{i}", f"if 0 <= o < RN{i}:", f"    {d} = {fast}",
                     "else:", f"    {d} = {fn}({s} + {off}, {i})"]
         if cls in (isa.ST, isa.STX) and op & 0xE0 == isa.MEM:
             size = isa.SIZE_BYTES[op & 0x18]
@@ -393,7 +396,8 @@ class _Translator:
                 return [f"MB{idx}[{at}] = {v}" if size == 1 else f"P{size}(MB{idx}, {at}, {v})"]
             self.write_sites.add(i)
             fast = f"WC{i}[o] = {v}" if size == 1 else f"P{size}(WC{i}, o, {v})"
-            return [f"o = {d} + {off} - WB{i}", f"if 0 <= o < WN{i}:", f"    {fast}",
+            at = f"{d} + {off}" if off else d
+            return [f"o = {at} - WB{i}", f"if 0 <= o < WN{i}:", f"    {fast}",
                     "else:", f"    ST{size}({d} + {off}, {val}, {i})"]
         if cls == isa.STX:  # atomic
             size = isa.SIZE_BYTES[op & 0x18]
@@ -436,7 +440,8 @@ class _Translator:
                 bits = ins.off
                 m, sb = (1 << bits) - 1, 1 << (bits - 1)
                 return f"{d} = ((({s} & {m}) ^ {sb}) - {sb}) & {'M64' if is64 else 'M32'}"
-            return f"{d} = {s}" if is64 or not x else f"{d} = {s} & M32"
+            narrow_src = not x or ins.src in self.narrow
+            return f"{d} = {s}" if is64 or narrow_src else f"{d} = {s} & M32"
         sh64 = f"({s} & 63)" if x else str(int(s) & 63)   # shift amounts are masked
         sh32 = f"({s} & 31)" if x else str(int(s) & 31)
         if is64:
@@ -455,29 +460,34 @@ class _Translator:
                 isa.MOD: (f"{d} = SMOD64({d}, {s})" if ins.off else
                           f"{d} = ({d} % {s} if {s} else {d})"),
             }[code]
-        y = f"({s} & M32)" if x else s
+        # Registers known to be below 2^32 on this path need no masking of their inputs.
+        dn = ins.dst in self.narrow
+        sn = not x or ins.src in self.narrow
+        dm = d if dn else f"({d} & M32)"
+        y = s if sn else f"({s} & M32)"
         return {
             isa.ADD: f"{d} = ({d} + {s}) & M32",
             isa.SUB: f"{d} = ({d} - {s}) & M32",
             isa.MUL: f"{d} = ({d} * {s}) & M32",
-            isa.OR: f"{d} = ({d} | {s}) & M32",
-            isa.AND: f"{d} = {d} & {s} & M32",
-            isa.XOR: f"{d} = ({d} ^ {s}) & M32",
+            isa.OR: f"{d} |= {s}" if dn and sn else f"{d} = ({d} | {s}) & M32",
+            isa.AND: f"{d} &= {s}" if dn or sn else f"{d} = {d} & {s} & M32",
+            isa.XOR: f"{d} ^= {s}" if dn and sn else f"{d} = ({d} ^ {s}) & M32",
             isa.LSH: f"{d} = ({d} << {sh32}) & M32",
-            isa.RSH: f"{d} = ({d} & M32) >> {sh32}",
-            isa.ARSH: f"{d} = (((({d} & M32) ^ S32) - S32) >> {sh32}) & M32",
+            isa.RSH: f"{d} = {dm} >> {sh32}",
+            isa.ARSH: f"{d} = ((({dm} ^ S32) - S32) >> {sh32}) & M32",
             isa.DIV: (f"{d} = SDIV32({d}, {s})" if ins.off else
-                      f"{d} = (({d} & M32) // {y} if {y} else 0)"),
+                      f"{d} = ({dm} // {y} if {y} else 0)"),
             isa.MOD: (f"{d} = SMOD32({d}, {s})" if ins.off else
-                      f"{d} = (({d} & M32) % {y} if {y} else {d} & M32)"),
+                      f"{d} = ({dm} % {y} if {y} else {dm})"),
         }[code]
 
     def cond(self, ins: Insn) -> str:
         code, x, is32 = ins.op & 0xF0, ins.op & isa.X, ins.op & 7 == isa.JMP32
         d = f"r{ins.dst}"
         if is32:
-            a = f"({d} & M32)"
-            b = f"(r{ins.src} & M32)" if x else str(ins.imm & M32)
+            a = d if ins.dst in self.narrow else f"({d} & M32)"
+            b = str(ins.imm & M32) if not x else (
+                f"r{ins.src}" if ins.src in self.narrow else f"(r{ins.src} & M32)")
             sa = f"({a} ^ S32)"
             sb = f"({b} ^ S32)" if x else str((ins.imm & M32) ^ S32)
         else:
@@ -542,7 +552,8 @@ class _Translator:
         return None
 
     def track(self, i: int, ins: Insn) -> None:
-        """Update `known` after instruction i (what it writes is no longer known)."""
+        """Update `known` and `narrow` after instruction i."""
+        self.track_narrow(i, ins)
         known, op, cls = self.known, ins.op, ins.op & 7
         if op == isa.LDDW:
             if ins.src == isa.PSEUDO_MAP_VALUE and 0 <= ins.imm < len(self.maps):
@@ -566,20 +577,57 @@ class _Translator:
             for r in range(6):
                 known.pop(r, None)
 
+    def track_narrow(self, i: int, ins: Insn) -> None:
+        narrow, op, cls, d = self.narrow, ins.op, ins.op & 7, ins.dst
+        is_narrow: bool | None = None   # None: dst is not written
+        if op == isa.LDDW:
+            is_narrow = ins.src == 0 and isa.lddw_value(ins, self.insns[i + 1]) <= M32
+        elif cls == isa.ALU:
+            # 32-bit results are zero-extended; le64 / be64 do not exist in the 32-bit class
+            # except as byte swaps whose width says how much survives.
+            is_narrow = not (op & 0xF0 == isa.END and ins.imm == 64)
+        elif cls == isa.ALU64:
+            code, x = op & 0xF0, op & isa.X
+            if code == isa.MOV and ins.off == 0:
+                is_narrow = (not x and ins.imm >= 0) or (bool(x) and ins.src in narrow)
+            elif code == isa.AND:
+                is_narrow = (not x and ins.imm >= 0) or (bool(x) and (ins.src in narrow or d in narrow))
+            elif code == isa.RSH and not x:
+                is_narrow = (ins.imm & 63) >= 32 or d in narrow
+            elif code == isa.END:
+                is_narrow = ins.imm != 64
+            else:
+                is_narrow = False
+        elif cls == isa.LDX:
+            is_narrow = op & 0xE0 == isa.MEM and op & 0x18 != isa.DW
+        elif cls == isa.STX and op & 0xE0 == isa.ATOMIC:
+            w = op & 0x18 == isa.W
+            if ins.imm == isa.CMPXCHG:
+                (narrow.add if w else narrow.discard)(0)
+            elif ins.imm & isa.FETCH:
+                (narrow.add if w else narrow.discard)(ins.src)
+        elif op in (isa.CALL_OP, isa.CALLX_OP):
+            for r in range(6):
+                narrow.discard(r)
+        if is_narrow is not None:
+            (narrow.add if is_narrow else narrow.discard)(d)
+
     def goto(self, src: int, t: int, depth: int, chain: int) -> None:
         """Continue at block t: inline a small block reached by a forward edge (tail
         duplication, so straight-line paths skip the dispatch), else go through `pc`."""
         stop = self.bounds[t]
         if (t > src and chain < 3 and stop - t <= 16 and self.inline_left > 0):
             self.inline_left -= 1
-            self.block(t, depth, chain + 1, dict(self.known))
+            self.block(t, depth, chain + 1, dict(self.known), set(self.narrow))
         else:
             self.emit(depth, f"pc = {t}")
 
     def block(self, start: int, depth: int, chain: int,
-              known: dict[int, tuple[int, int]] | None = None) -> None:
-        """Emit a block; `known` is what the path that inlines it knows (else nothing)."""
+              known: dict[int, tuple[int, int]] | None = None,
+              narrow: set[int] | None = None) -> None:
+        """Emit a block; `known`/`narrow`: what the path inlining it knows (else nothing)."""
         self.known = known if known is not None else {}
+        self.narrow = narrow if narrow is not None else set()
         stop = self.bounds[start]
         e = self.emit
         slots = [i for i in range(start, stop) if i not in self.second]
@@ -604,10 +652,10 @@ class _Translator:
                 if ins.op & 0xF0 == isa.JA:
                     self.goto(start, t, depth, chain)
                 else:
-                    saved = dict(self.known)
+                    saved, saved_narrow = dict(self.known), set(self.narrow)
                     e(depth, f"if {self.cond(ins)}:")
                     self.goto(start, t, depth + 1, chain)
-                    self.known = saved
+                    self.known, self.narrow = saved, saved_narrow
                     e(depth, "else:")
                     self.goto(start, i + 1, depth + 1, chain)
                 return
