@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import hashlib
+import itertools
 import os
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,14 +46,15 @@ ENTRY_TYPE = ctypes.CFUNCTYPE(ctypes.c_uint64, ctypes.c_void_p, ctypes.c_uint64,
 class Compiled:
     key: str
     entry: ctypes._CFuncPtr        # i64 stord_entry(env*, r1, r2)
-    engine: llvm.ExecutionEngine   # keeps the code mapped
+    engine: llvm.ResourceTracker   # keeps the code mapped
     seconds: float                 # translate + optimise + emit (0 when loaded from disk)
     source: str                    # "compiled", "disk" or "memory"
 
 
 _lock = threading.Lock()
 _machine: llvm.TargetMachine | None = None
-_memory: dict[str, Compiled] = {}
+_memory: OrderedDict[str, Compiled] = OrderedDict()
+MEMORY_CACHE_ENTRIES = 64   # compiled programs kept for reuse (instances keep their own)
 
 
 def target_machine() -> llvm.TargetMachine:
@@ -58,15 +62,19 @@ def target_machine() -> llvm.TargetMachine:
     if _machine is None:
         llvm.initialize_native_target()
         llvm.initialize_native_asmprinter()
-        libc = ctypes.CDLL(ctypes.util.find_library("c"))
-        # symbols the emitted code may call (memcpy/memset for variable sizes, ktime)
-        for name in ("memcpy", "memmove", "memset", "clock_gettime"):
-            llvm.add_symbol(name, ctypes.cast(getattr(libc, name), ctypes.c_void_p).value)
         target = llvm.Target.from_default_triple()
         _machine = target.create_target_machine(
             cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(),
             opt=2, reloc="static", codemodel="jitdefault")
     return _machine
+
+
+@functools.cache
+def _libc_symbols() -> dict[str, int]:
+    """Symbols the emitted code may call: memcpy/memmove/memset (variable sizes), ktime."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    return {name: ctypes.cast(getattr(libc, name), ctypes.c_void_p).value
+            for name in ("memcpy", "memmove", "memset", "clock_gettime")}
 
 
 def cache_key(prog: Program, helpers: str) -> str:
@@ -129,15 +137,25 @@ def compile_object(prog: Program, helpers: str) -> bytes:
     return target_machine().emit_object(optimise(build_ir(prog, helpers)))
 
 
+_lljit: llvm.LLJIT | None = None
+_libraries = itertools.count()
+
+
 def _load(key: str, obj: bytes, seconds: float, source: str) -> Compiled:
+    """Link the object into the process-wide ORC LLJIT as a new library; the returned
+    resource tracker (kept by Compiled) frees the code when the last instance lets go."""
+    global _lljit
     tm = target_machine()
-    engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), tm)
-    engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
-    engine.finalize_object()
-    addr = engine.get_function_address(ENTRY_NAME)
+    if _lljit is None:
+        _lljit = llvm.create_lljit_compiler(tm)
+    builder = llvm.JITLibraryBuilder().add_object_img(obj).export_symbol(ENTRY_NAME)
+    for name, addr in _libc_symbols().items():
+        builder.import_symbol(name, addr)
+    tracker = builder.link(_lljit, f"prog{next(_libraries)}_{key[:16]}")
+    addr = tracker[ENTRY_NAME]
     if not addr:
         raise CompileError("jit: compiled object has no entry point")
-    return Compiled(key, ENTRY_TYPE(addr), engine, seconds, source)
+    return Compiled(key, ENTRY_TYPE(addr), tracker, seconds, source)
 
 
 def _disk_read(key: str) -> bytes | None:
@@ -170,6 +188,7 @@ def get_compiled(prog: Program, helpers: str) -> Compiled:
     with _lock:
         hit = _memory.get(key)
         if hit is not None:
+            _memory.move_to_end(key)
             return Compiled(hit.key, hit.entry, hit.engine, 0.0, "memory")
         obj = _disk_read(key)
         if obj is not None:
@@ -184,6 +203,8 @@ def get_compiled(prog: Program, helpers: str) -> Compiled:
             c = _load(key, obj, seconds, "compiled")
             _disk_write(key, obj)
         _memory[key] = c
+        while len(_memory) > MEMORY_CACHE_ENTRIES:
+            _memory.popitem(last=False)
         return c
 
 

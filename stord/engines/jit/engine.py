@@ -129,7 +129,10 @@ class JitInstance(base.Instance):
 
     def run_chunk(self, data: bytes | memoryview, offset: int, last: bool) -> int:
         view = _PyBuffer()
-        _get_buffer(data, ctypes.byref(view), PYBUF_SIMPLE)
+        try:
+            _get_buffer(data, ctypes.byref(view), PYBUF_SIMPLE)
+        except (BufferError, TypeError) as e:
+            raise LoadError(f"a chunk must be one contiguous buffer: {e}") from None
         try:
             n = view.len
             if base.DATA_BASE + n > base.MEM_BASE:

@@ -1,0 +1,227 @@
+"""The jit engine's own contract: buffers it accepts without copying, its code cache, and
+the sandbox (every escape attempt faults, exactly where the interp engine faults too)."""
+
+from __future__ import annotations
+
+import mmap
+from pathlib import Path
+
+import pytest
+
+from stord.engines.base import MAP_STRIDE, get_engine, map_base
+from stord.engines.jit import compile as jit_compile
+from stord.engines.jit.engine import JitInstance
+from stord.errors import BudgetExceeded, LoadError, ProgramFault, StordError
+from stord.program import isa
+from stord.program.elf import load_object
+from stord.program.isa import Insn
+from stord.program.model import Program
+from stord.program.toolchain import builtin_object, compile_c
+from stord.query.state import decode
+
+jit = get_engine("jit")
+interp = get_engine("interp")
+
+CSV = b"id,sensor,value,flag\n" + b"".join(
+    f"{i},s{i % 3},{(i * 37) % 1000 - 500}.{i % 100:02d},{i % 2}\n".encode() for i in range(500))
+
+
+def stats(**params) -> Program:
+    return load_object(builtin_object("stats")).with_params(**params)
+
+
+def run(engine, prog: Program, data, chunk: int = 1 << 20) -> dict:
+    inst = engine.load(prog)
+    n = len(data)
+    for off in range(0, n, chunk):
+        end = min(n, off + chunk)
+        inst.run_chunk(data[off:end] if not isinstance(data, mmap.mmap)
+                       else memoryview(data)[off:end], off, end == n)
+    return decode(prog, inst.read_state())
+
+
+# -- buffers ----------------------------------------------------------------------------
+
+def test_chunk_size_is_exposed() -> None:
+    assert JitInstance.chunk_size >= 1 << 16
+    assert type(jit).chunk_size == JitInstance.chunk_size
+
+
+def test_every_buffer_kind_gives_the_interp_result(tmp_path: Path) -> None:
+    prog = stats(col=2, header=1)
+    want = run(interp, prog, CSV)
+    assert want["rows"] == 500
+    path = tmp_path / "d.csv"
+    path.write_bytes(CSV)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as ro:
+        assert run(jit, prog, ro, chunk=777) == want          # read-only mmap, no copy
+    assert run(jit, prog, CSV) == want                        # bytes
+    assert run(jit, prog, bytearray(CSV), chunk=1000) == want  # writable buffer
+    assert run(jit, prog, memoryview(CSV), chunk=4097) == want  # memoryview slices
+
+
+def test_non_contiguous_buffer_is_refused() -> None:
+    inst = jit.load(stats(col=2))
+    with pytest.raises(LoadError):
+        inst.run_chunk(memoryview(CSV)[::2], 0, True)
+
+
+def test_chunk_is_never_written() -> None:
+    src = r"""
+    #include <linux/bpf.h>
+    #include <bpf/bpf_helpers.h>
+    SEC("xdp") int prog(struct xdp_md *ctx) {
+        char *d = (void *)(long)ctx->data, *e = (void *)(long)ctx->data_end;
+        if (d + 1 <= e) *(volatile char *)d = 'X';
+        return 2;
+    }
+    char LICENSE[] SEC("license") = "GPL";
+    """
+    prog = load_object(compile_c(src))
+    data = bytearray(b"abc")
+    with pytest.raises(ProgramFault, match="write"):
+        jit.load(prog).run_chunk(data, 0, True)
+    assert data == b"abc"
+
+
+# -- code cache ---------------------------------------------------------------------------
+
+def test_memory_and_disk_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STORD_JIT_CACHE", str(tmp_path))
+    prog = stats(col=2, header=1, scale=3)
+    jit_compile.clear_memory_cache()
+    first = jit.load(prog)
+    assert first.compiled.source == "compiled"
+    assert list(tmp_path.glob("*.o"))
+    assert jit.load(prog).compiled.source == "memory"
+    jit_compile.clear_memory_cache()
+    again = jit.load(prog)
+    assert again.compiled.source == "disk"
+    assert run(jit, prog, CSV) == run(interp, prog, CSV)
+
+
+def test_parameters_are_part_of_the_cache_key() -> None:
+    by_col = {c: run(jit, stats(col=c, header=1), CSV) for c in (0, 2)}
+    assert by_col[0] != by_col[2]
+    for c, got in by_col.items():
+        assert got == run(interp, stats(col=c, header=1), CSV)
+
+
+def test_damaged_disk_cache_entry_is_recompiled(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STORD_JIT_CACHE", str(tmp_path))
+    prog = stats(col=2, header=1, scale=4)
+    jit_compile.clear_memory_cache()
+    jit.load(prog)
+    for f in tmp_path.glob("*.o"):
+        f.write_bytes(b"not an object file")
+    jit_compile.clear_memory_cache()
+    inst = jit.load(prog)
+    assert inst.compiled.source == "compiled"
+    assert run(jit, prog, CSV) == run(interp, prog, CSV)
+
+
+# -- the sandbox ----------------------------------------------------------------------------
+
+def asm(*insns: Insn) -> Program:
+    return Program(name="t", section="", insns=list(insns) + [Insn(isa.EXIT_OP)])
+
+
+def s32(v: int) -> int:
+    v &= 0xFFFFFFFF
+    return v - (1 << 32) if v >> 31 else v
+
+
+def lddw(dst: int, value: int) -> list[Insn]:
+    return [Insn(isa.LDDW, dst, 0, 0, s32(value)), Insn(0, 0, 0, 0, s32(value >> 32))]
+
+
+def fault_both(prog: Program, mem: bytes | None = None, helpers: str = "conformance",
+               cls: type[StordError] = ProgramFault) -> str:
+    messages = []
+    for engine in (interp, jit):
+        with pytest.raises(cls) as e:
+            engine.load(prog, budget=100_000, helpers=helpers).call(
+                bytearray(mem) if mem is not None else None)
+        messages.append(str(e.value))
+    return messages[1]
+
+
+@pytest.mark.parametrize("addr", [0, 8, 0x7FFF_0000_0000, 0xFFFF_FFFF_FFFF_FFF8,
+                                  0x1000_0000 - 8, 0x5000_0000 + 32, map_base(0),
+                                  map_base(0) + MAP_STRIDE // 2])
+def test_loads_from_anywhere_else_fault(addr: int) -> None:
+    prog = asm(*lddw(2, addr), Insn(isa.LDX | isa.MEM | isa.DW, 0, 2, 0))
+    msg = fault_both(prog, mem=bytes(32))
+    assert f"{addr:#x}" in msg and "pc 2" in msg
+
+
+def test_stack_below_the_frame_and_above_the_top_fault() -> None:
+    fault_both(asm(Insn(isa.LDX | isa.MEM | isa.DW, 0, 10, -520)))
+    fault_both(asm(Insn(isa.STX | isa.MEM | isa.DW, 10, 1, 0)))
+    fault_both(asm(Insn(isa.STX | isa.MEM | isa.W, 10, 1, -2)))   # straddles the top
+
+
+def test_conformance_memory_bounds() -> None:
+    ok = asm(Insn(isa.LDX | isa.MEM | isa.W, 0, 1, 28))
+    assert jit.load(ok, helpers="conformance").call(bytearray(range(32))) == \
+        int.from_bytes(bytes(range(28, 32)), "little")
+    fault_both(asm(Insn(isa.LDX | isa.MEM | isa.W, 0, 1, 29)), mem=bytes(32))
+    fault_both(asm(Insn(isa.ST | isa.MEM | isa.B, 1, 0, -1, 7)), mem=bytes(32))
+
+
+def test_call_depth_is_limited() -> None:
+    # f calls itself: depth 8 is the limit, so the ninth frame faults
+    prog = Program(name="t", section="", insns=[
+        Insn(isa.CALL_OP, 0, isa.PSEUDO_CALL, 0, 1), Insn(isa.EXIT_OP),
+        Insn(isa.CALL_OP, 0, isa.PSEUDO_CALL, 0, -1), Insn(isa.EXIT_OP)])
+    assert "depth" in fault_both(prog)
+
+
+def test_runaway_loop_stops() -> None:
+    prog = Program(name="t", section="", insns=[Insn(isa.JMP | isa.JA, 0, 0, -1),
+                                                 Insn(isa.EXIT_OP)])
+    with pytest.raises(BudgetExceeded):
+        jit.load(prog, budget=1000, helpers="conformance").call(None)
+
+
+MAPS_C = r"""
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 64);
+         __type(key, __u64); __type(value, __u32); } h SEC(".maps");
+const volatile __u32 seed = 1;
+__s64 sum_rc;
+__u32 hits;
+static long step(__u32 i, void *ctx) {
+    __u32 *x = ctx;
+    *x = *x * 1103515245 + 12345;
+    __u64 k = (*x >> 8) % 100;
+    __u32 v = i;
+    switch ((*x >> 4) % 4) {
+    case 0: case 1: sum_rc += bpf_map_update_elem(&h, &k, &v, (*x >> 20) % 3); break;
+    case 2: sum_rc += bpf_map_delete_elem(&h, &k); break;
+    default: { __u32 *p = bpf_map_lookup_elem(&h, &k); if (p) { hits++; *p += 1000; } }
+    }
+    return 0;
+}
+SEC("xdp") int prog(struct xdp_md *ctx) {
+    __u32 x = seed;
+    bpf_loop(3000, step, &x, 0);
+    return 2;
+}
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_hash_map_churn_matches_interp(seed: int) -> None:
+    """Inserts, updates with every flag, deletes (tombstones) and a full map (-E2BIG)."""
+    prog = load_object(compile_c(MAPS_C)).with_params(seed=seed)
+    states = []
+    for engine in (interp, jit):
+        inst = engine.load(prog)
+        inst.run_chunk(b"", 0, True)
+        states.append(inst.read_state())
+    assert states[0] == states[1]
+    assert 0 < len(states[1].maps["h"]) <= 64
