@@ -158,6 +158,8 @@ def program_and_params(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         params["key"] = args.key
         if args.column is not None:
             params["column"] = args.column
+    if "header" not in params and any(isinstance(params.get(k), str) for k in ("column", "key")):
+        params["header"] = True  # a column named by its header implies there is a header
     params.update(parse_params(args.param))
     return cmd, params
 
