@@ -301,6 +301,18 @@ def test_rejection_names_the_c_source_line(linestats) -> None:
     assert "c = *p; @ program.c:" in msg
 
 
+def test_too_complex_program_reports_the_instruction_limit() -> None:
+    """A counted loop of 3 M iterations: the verifier walks it until its 1 M limit."""
+    prog = Program(name="spin", section="xdp", license="GPL", insns=[
+        Insn(0xB7, 1, 0, 0, 0),                 # r1 = 0
+        Insn(0x07, 1, 0, 0, 1),                 # loop: r1 += 1
+        Insn(0xA5, 1, 0, -2, 3_000_000),        # if r1 < 3000000 goto loop
+        Insn(0xB7, 0, 0, 0, 2), Insn(0x95)])
+    with pytest.raises(VerifierError) as e:
+        verify_program(prog)
+    assert "(E2BIG): BPF program is too large" in str(e.value).splitlines()[0]
+
+
 def test_store_into_frozen_rodata_is_rejected(kernel) -> None:
     rodata = MapDef(name=".rodata", type=MAP_ARRAY, key_size=4, value_size=8, max_entries=1,
                     initial=bytes(8), readonly=True)

@@ -92,6 +92,7 @@ TAIL_LINES = 12            # verifier log lines kept in a VerifierError message
 
 _PERCPU = (MAP_PERCPU_ARRAY, MAP_PERCPU_HASH)
 _META = struct.Struct("<QII")   # struct stord_meta
+_GLUED = re.compile(r"^(\d+: \(\w\w\) .*?)\s*(BPF program is too large\..*)$", re.M)
 _STATS = re.compile(r"^(processed \d+ insns|verification time|stack depth|mark_read|"
                     r"peak_states|max_states_per_insn)")
 
@@ -112,7 +113,9 @@ class _Objects:
 
 
 def _verifier_error(prog: Program, e: bpf.LoadFailed) -> VerifierError:
-    lines = [ln for ln in e.log.splitlines() if ln.strip()]
+    # the kernel appends some errors to a half-written instruction line: split them off
+    log = _GLUED.sub(lambda m: m.group(1) + "\n" + m.group(2), e.log)
+    lines = [ln for ln in log.splitlines() if ln.strip()]
     meaningful = [ln for ln in lines if not _STATS.match(ln)]
     tail = meaningful[-TAIL_LINES:]
     head = tail[-1] if tail else os.strerror(e.errno or 0)
@@ -207,11 +210,16 @@ class _Loader:
 
     def load_prog(self, insns: list[Insn], *, log_level: int,
                   with_lines: bool = True) -> tuple[int, str]:
-        """(fd, log); a verifier rejection becomes VerifierError with the log's tail."""
+        """(fd, log); a verifier rejection becomes VerifierError with the log's tail.
+
+        Logs cost: at level 1 the kernel prints every instruction it walks (6x slower on a
+        program that hits the 1 M limit), and keeps only the failing path. So a load runs
+        with level 0 (or LOG_STATS for `stord verify`) and only a rejection is loaded again
+        with level 1 for its path; one that ran out of instructions (E2BIG) gets statistics."""
         fi = li = None
         if self.kbtf is not None and self.objs.btf_fd >= 0:
             fi = func_info(self.prog.name, insns, self.kbtf)
-            if log_level and with_lines:   # source lines only matter in a log
+            if log_level & bpf.LOG_LEVEL1 and with_lines:   # source lines show in a path
                 li = line_info(self.prog.name, insns, self.kbtf)
         code = self.relocated(insns)
         try:
@@ -221,9 +229,11 @@ class _Loader:
         except bpf.LoadFailed as e:
             if e.errno == errno.EPERM:
                 raise EngineUnavailable(f"kernel refused BPF_PROG_LOAD: {e}") from None
-            if not e.log and log_level == 0:
-                # load again with a log to tell the client why
-                return self.load_prog(insns, log_level=bpf.LOG_LEVEL1)
+            if e.errno == errno.E2BIG:
+                if not log_level:
+                    return self.load_prog(insns, log_level=bpf.LOG_STATS)
+            elif not log_level & bpf.LOG_LEVEL1:
+                return self.load_prog(insns, log_level=bpf.LOG_LEVEL1 | bpf.LOG_STATS)
             if li is not None and "line_info" in e.log:
                 return self.load_prog(insns, log_level=log_level, with_lines=False)
             if self.btf_note and "func_info" in e.log:
@@ -458,13 +468,14 @@ def _probe() -> str | None:
 
 
 def verify_program(prog: Program) -> str:
-    """Load `prog` through the kernel verifier and release it: the verifier's log
-    (instructions explored and statistics), or VerifierError with its tail."""
+    """Load `prog` through the kernel verifier and release it: the verifier's statistics
+    (instructions processed, states, stack depth), or VerifierError with the tail of the
+    failing path's log."""
     ld = _Loader(prog)
     try:
         ld.load_btf()
         ld.create_maps()
-        _, log = ld.load_prog(prog.insns, log_level=bpf.LOG_LEVEL1 | bpf.LOG_STATS)
+        _, log = ld.load_prog(prog.insns, log_level=bpf.LOG_STATS)
         if ld.btf_note:
             log += f"\n({ld.btf_note})\n"
         return log
