@@ -350,6 +350,15 @@ class Daemon:
                 e = Cancelled("query cancelled")
             self._end_query(info, t0, e)
             raise e from None
+        except Exception as e:  # a bug: count and log it like any failed query
+            if getattr(e, "code", None) == "overflow":  # stord_client.reduce.ReduceOverflow
+                err = ResultOverflow(str(e))
+            else:
+                self.log.error("internal_error", method="query", error=repr(e))
+                err = StordError(f"internal error: {type(e).__name__}: {e}")
+                err.code = "internal_error"
+            self._end_query(info, t0, err)
+            raise err from None
         finally:
             if msgid is not None:
                 conn.queries.pop(msgid, None)
@@ -410,10 +419,14 @@ class Daemon:
         if self.waiting >= lim.max_queued_queries:
             raise LimitExceeded(f"the daemon is busy ({self.waiting} queries waiting)")
         self.waiting += 1
+        self.idle.clear()
         try:
             await self.sem.acquire()
-        finally:
+        except BaseException:
             self.waiting -= 1
+            self._maybe_idle()
+            raise
+        self.waiting -= 1
         self.active += 1
         self.idle.clear()
         try:
@@ -428,19 +441,18 @@ class Daemon:
         finally:
             self.active -= 1
             self.sem.release()
-            if self.active == 0 and self.waiting == 0:
-                self.idle.set()
+            self._maybe_idle()
 
         state = merged.get("state", {})
-        result: Any = state
-        if kind == "builtin":
-            from stord.query.builtins import finish
-            result = finish(name, state, params)
         skipped = _field(state, "skipped")
         overflow = _field(state, "overflow")
         if overflow:
             raise ResultOverflow(f"{overflow} values did not fit their type: the result would be "
                                  "wrong, so none is returned")
+        result: Any = state
+        if kind == "builtin":
+            from stord.query.builtins import finish
+            result = finish(name, state, params)
         stats = {
             "bytes_scanned": int(merged.get("bytes_scanned", 0)),
             "bytes_returned": 0,
@@ -465,6 +477,10 @@ class Daemon:
         info.update(bytes_scanned=stats["bytes_scanned"], bytes_returned=stats["bytes_returned"],
                     ranges=len(ranges))
         return data
+
+    def _maybe_idle(self) -> None:
+        if self.active == 0 and self.waiting == 0:
+            self.idle.set()
 
     def _program(self, prog: Any) -> tuple[str, str | bytes, str]:
         """(kind, object, display name) of the query's program argument."""
