@@ -14,7 +14,9 @@ RFC 9669's zero extension. The instruction budget is charged per basic block on 
 
 from __future__ import annotations
 
+import hashlib
 import struct
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +33,8 @@ S32 = 1 << 31
 STACK_BYTES = MAX_CALL_DEPTH * isa.STACK_SIZE
 STACK_BASE = STACK_TOP - STACK_BYTES
 REGION_SHIFT = 28  # regions are looked up by addr >> 28 (256 MiB granules)
+INLINE_CAP = 1500  # duplicated (inlined) blocks per function at most
+CODE_CACHE_SIZE = 32
 
 
 class Stop(Exception):  # noqa: N818 - control flow, not an error
@@ -518,7 +522,9 @@ class _Translator:
         blocks = sorted(x for x in leaders if start <= x < end)
         self.bounds = {b: (blocks[k + 1] if k + 1 < len(blocks) else end)
                        for k, b in enumerate(blocks)}
-        self.inline_left = 4 * len(blocks) + 64  # cap on duplicated blocks per function
+        # Cap on duplicated blocks per function: big programs would otherwise spend
+        # seconds in Python's compiler for little gain.
+        self.inline_left = min(4 * len(blocks) + 64, INLINE_CAP)
         e = self.emit
         e(0, f"def F{start}(r1, r2, r3, r4, r5, r10, depth):")
         e(1, f"if depth >= {MAX_CALL_DEPTH}:")
@@ -687,14 +693,39 @@ def _site_globals(t: _Translator) -> dict[str, Any]:
     return g
 
 
+_code_cache: OrderedDict[bytes, tuple[Any, list[int], dict[str, Any]]] = OrderedDict()
+
+
+def _compiled(insns: list[Insn], maps: list[tuple[bytearray, bool]]
+              ) -> tuple[Any, list[int], dict[str, Any]]:
+    """Translate and compile, memoised on what the translation depends on: the
+    instructions and the maps' sizes, read-only flags and read-only contents."""
+    h = hashlib.sha256(isa.encode(insns))
+    for buf, ro in maps:
+        h.update(repr((len(buf), ro)).encode())
+        if ro:
+            h.update(bytes(buf))
+    key = h.digest()
+    hit = _code_cache.get(key)
+    if hit is not None:
+        _code_cache.move_to_end(key)
+        return hit
+    tr = _Translator(insns, maps)
+    src, starts = tr.source()
+    entry = (compile(src, "<ebpf>", "exec"), starts, _site_globals(tr))
+    _code_cache[key] = entry
+    while len(_code_cache) > CODE_CACHE_SIZE:
+        _code_cache.popitem(last=False)
+    return entry
+
+
 def build(insns: list[Insn], rt: Runtime, memory: Memory, map_handles: list[int],
           map_values: list[int], func_base: int,
           maps: list[tuple[bytearray, bool]] | None = None) -> dict[int, Callable[..., int]]:
     """Compile the program against a runtime; returns {start slot: function}.
 
     `maps`: per map index its value buffer and read-only flag (for static accesses)."""
-    tr = _Translator(insns, maps)
-    src, starts = tr.source()
+    code, starts, site_globals = _compiled(insns, maps or [])
     u = {n: struct.Struct("<" + c).unpack_from for n, c in
          (("U2", "H"), ("U4", "I"), ("U8", "Q"), ("S1", "b"), ("S2", "h"), ("S4", "i"))}
     p = {n: struct.Struct("<" + c).pack_into for n, c in (("P2", "H"), ("P4", "I"), ("P8", "Q"))}
@@ -729,7 +760,7 @@ def build(insns: list[Insn], rt: Runtime, memory: Memory, map_handles: list[int]
         "SDIV64": sdiv64, "SMOD64": smod64, "SDIV32": sdiv32, "SMOD32": smod32,
         "BSWAP16": bswap16, "BSWAP32": bswap32, "BSWAP64": bswap64, **u, **p,
     })
-    ns.update(_site_globals(tr))
+    ns.update(site_globals)
     for size in (1, 2, 4, 8):
         ns[f"LD{size}"] = rt.cached_loader(size, False)
         ns[f"ST{size}"] = rt.cached_storer(size)
@@ -743,5 +774,5 @@ def build(insns: list[Insn], rt: Runtime, memory: Memory, map_handles: list[int]
         ns[f"MB{i}"] = buf
     for hid, fn in rt.helpers.items():
         ns[f"H{hid}"] = fn
-    exec(compile(src, "<ebpf>", "exec"), ns)  # noqa: S102 - our own translation
+    exec(code, ns)  # noqa: S102 - our own translation
     return {s: ns[f"F{s}"] for s in starts}
