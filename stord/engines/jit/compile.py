@@ -6,8 +6,8 @@ because the object is compiled for this CPU. Objects are position independent of
 instance: everything instance-specific is reached through the Env pointer at run time, so one
 compiled object serves every instance of a program.
 
-On-disk cache: $STORD_JIT_CACHE, else $XDG_CACHE_HOME/stord/jit, else ~/.cache/stord/jit;
-set STORD_JIT_CACHE=off to disable it. Files are written atomically (temp file + rename).
+On-disk cache: $STORD_JIT_CACHE, else the toolchain's cache directory + /jit
+($STORD_CACHE_DIR/jit or ~/.cache/stord/jit); STORD_JIT_CACHE=off disables it. Files are written atomically (temp file + rename).
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ import os
 import tempfile
 import threading
 import time
+import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +32,7 @@ import llvmlite.binding as llvm
 
 from stord.engines.jit.translate import ENTRY_NAME, ModuleTranslator
 from stord.errors import CompileError
+from stord.program import toolchain
 from stord.program.model import Program
 
 # Bump when translate.py/runtime.py change what they emit, to invalidate disk caches.
@@ -77,13 +80,33 @@ def _libc_symbols() -> dict[str, int]:
             for name in ("memcpy", "memmove", "memset", "clock_gettime")}
 
 
-def cache_key(prog: Program, helpers: str) -> str:
+@functools.cache
+def _build_tag() -> bytes:
+    """What else the object code depends on: translator, LLVM and the host CPU."""
     tm = target_machine()
-    h = hashlib.sha256()
-    for part in (prog.digest, helpers, TRANSLATOR_VERSION, PIPELINE, llvmlite.__version__,
-                 str(llvm.llvm_version_info), tm.triple, llvm.get_host_cpu_name(),
-                 llvm.get_host_cpu_features().flatten()):
-        h.update(part.encode() + b"\0")
+    parts = (TRANSLATOR_VERSION, PIPELINE, llvmlite.__version__, str(llvm.llvm_version_info),
+             tm.triple, llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten())
+    return "\0".join(parts).encode()
+
+
+# Program.digest hashes every instruction in Python; a cache hit must cost well under a
+# millisecond, so digests are remembered per live Program object.
+_digests: dict[int, tuple[weakref.ref, str]] = {}
+
+
+def _digest(prog: Program) -> str:
+    hit = _digests.get(id(prog))
+    if hit is not None and hit[0]() is prog:
+        return hit[1]
+    d = prog.digest
+    key = id(prog)
+    _digests[key] = (weakref.ref(prog, lambda _r: _digests.pop(key, None)), d)
+    return d
+
+
+def cache_key(prog: Program, helpers: str) -> str:
+    h = hashlib.sha256(_build_tag())
+    h.update(_digest(prog).encode() + b"\0" + helpers.encode())
     return h.hexdigest()
 
 
@@ -93,8 +116,7 @@ def cache_dir() -> Path | None:
         return None
     if env:
         return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "stord" / "jit"
+    return toolchain.cache_dir() / "jit"
 
 
 def build_ir(prog: Program, helpers: str) -> str:
@@ -182,14 +204,19 @@ def _disk_write(key: str, obj: bytes) -> None:
         pass  # a read-only or full cache directory only costs a recompile
 
 
-def get_compiled(prog: Program, helpers: str) -> Compiled:
-    """The native code of `prog`: from memory, from disk, or compiled now."""
+def get_compiled(prog: Program, helpers: str,
+                 validate: Callable[[], None] | None = None) -> Compiled:
+    """The native code of `prog`: from memory, from disk, or compiled now. `validate` runs
+    before anything is loaded or compiled, and is skipped on an in-process cache hit (that
+    exact program and helper set passed it already)."""
     key = cache_key(prog, helpers)
     with _lock:
         hit = _memory.get(key)
         if hit is not None:
             _memory.move_to_end(key)
             return Compiled(hit.key, hit.entry, hit.engine, 0.0, "memory")
+        if validate is not None:
+            validate()
         obj = _disk_read(key)
         if obj is not None:
             try:

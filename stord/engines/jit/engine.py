@@ -193,9 +193,11 @@ class JitEngine(base.Engine):
 
     def load(self, prog: Program, *, budget: int = base.DEFAULT_BUDGET,
              helpers: str = "linux") -> JitInstance:
-        _validate(prog, helpers)
+        if helpers not in base.HELPER_SETS:
+            raise LoadError(f"unknown helper set {helpers!r} "
+                            f"(known: {', '.join(base.HELPER_SETS)})")
         try:
-            compiled = get_compiled(prog, helpers)
+            compiled = get_compiled(prog, helpers, lambda: _validate(prog, helpers))
         except CompileError:
             raise
         except RuntimeError as e:
@@ -204,7 +206,5 @@ class JitEngine(base.Engine):
 
 
 def _validate(prog: Program, helpers: str) -> None:
-    if helpers not in base.HELPER_SETS:
-        raise LoadError(f"unknown helper set {helpers!r} (known: {', '.join(base.HELPER_SETS)})")
     ids = set(LINUX_HELPERS if helpers == "linux" else CONFORMANCE_HELPERS)
     validate(prog, ids, allow_callx=helpers == "conformance")

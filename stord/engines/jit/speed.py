@@ -1,0 +1,91 @@
+"""`python -m stord.engines.jit.speed`: compile times and throughput of the built-ins on jit.
+
+Generates (or takes) a CSV of `id,sensor,value,flag` rows, then for each built-in program
+reports the cold compile time (translate + optimise + emit + link, no cache), the load time
+from the disk cache and from the in-process cache, and MB/s over the file in page cache
+(process CPU time, best of --repeat runs, so other load on the machine distorts it less).
+Speed claims belong to bench/; this is the jit engineer's quick check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import mmap
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+
+from stord.engines.jit import compile as jit_compile
+from stord.engines.jit.engine import JitEngine, JitInstance
+from stord.program.elf import load_object
+from stord.program.model import Program
+from stord.program.toolchain import builtin_object
+
+CASES: list[tuple[str, dict[str, int]]] = [
+    ("stats", {"col": 2, "header": 1}),
+    ("count", {"op": 5, "value": 0, "col": 2, "header": 1}),
+    ("hist", {"col": 2, "header": 1, "lo": -100000, "width": 20000, "nbuckets": 10}),
+    ("groupby", {"col": 2, "key_col": 1, "header": 1}),
+]
+
+
+def write_csv(path: Path, rows: int) -> None:
+    rnd = random.Random(1)
+    with open(path, "w") as f:
+        f.write("id,sensor,value,flag\n")
+        for i in range(rows):
+            f.write(f"{i},s{rnd.randrange(100)},{rnd.uniform(-1000, 1000):.2f},"
+                    f"{rnd.randrange(2)}\n")
+
+
+def throughput(inst: JitInstance, mm: mmap.mmap) -> float:
+    n, cs = len(mm), inst.chunk_size
+    view = memoryview(mm)
+    t = time.process_time()
+    off = 0
+    while off < n:
+        end = min(n, off + cs)
+        inst.run_chunk(view[off:end], off, end == n)
+        off = end
+    dt = time.process_time() - t
+    view.release()
+    return n / dt / 1e6 if dt else float("inf")
+
+
+def timed_load(prog: Program) -> tuple[float, str]:
+    t = time.perf_counter()
+    inst = JitEngine().load(prog)
+    return (time.perf_counter() - t) * 1e3, inst.compiled.source
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m stord.engines.jit.speed")
+    ap.add_argument("--file", type=Path, help="CSV to scan (default: a generated one)")
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = args.file or Path(tmp) / "speed.csv"
+        if args.file is None:
+            write_csv(path, args.rows)
+        os.environ["STORD_JIT_CACHE"] = str(Path(tmp) / "cache")
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mm:
+            print(f"{path}: {len(mm) / 1e6:.1f} MB, chunk {JitInstance.chunk_size} bytes")
+            for name, params in CASES:
+                prog = load_object(builtin_object(name)).with_params(**params)
+                jit_compile.clear_memory_cache()
+                cold, _ = timed_load(prog)
+                warm, _ = timed_load(prog)
+                jit_compile.clear_memory_cache()
+                disk, _ = timed_load(prog)
+                inst = JitEngine().load(prog)
+                best = max(throughput(inst, mm) for _ in range(args.repeat))
+                print(f"{name:8} compile cold {cold:6.1f} ms, disk cache {disk:5.1f} ms, "
+                      f"memory cache {warm:5.2f} ms, {best:7.1f} MB/s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
