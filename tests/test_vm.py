@@ -305,6 +305,23 @@ def test_reads_past_data_end_fault() -> None:
     faults("outside chunk", DATA_PTRS + "ldxb %r0, [%r2+0]\nexit", data=b"")
 
 
+def test_bounds_follow_each_new_chunk_and_memory() -> None:
+    """An access that was in bounds for one chunk faults for a shorter one (the inline
+    caches of load sites must follow the chunk), and the reverse."""
+    inst = load(DATA_PTRS + "ldxb %r0, [%r2+100]\nexit")
+    assert inst.run_chunk(bytes(range(200)), 0, True) == 100
+    with pytest.raises(ProgramFault, match="outside chunk"):
+        inst.run_chunk(bytes(50), 0, True)
+    assert inst.run_chunk(bytes(range(101)), 0, True) == 100
+    conf = load("ldxw %r0, [%r1+12]\nstw [%r1+12], 7\nexit", helpers="conformance")
+    assert conf.call(bytearray(range(16))) == 0x0F0E0D0C
+    with pytest.raises(ProgramFault, match="outside mem"):
+        conf.call(bytearray(12))
+    mem = bytearray(16)
+    conf.call(mem)
+    assert mem[12] == 7
+
+
 def test_writes_to_data_and_meta_fault() -> None:
     faults("chunk is read-only", DATA_PTRS + "stb [%r2+0], 1\nmov %r0, 0\nexit")
     faults("chunk is read-only", DATA_PTRS + "stxdw [%r4+0], %r2\nmov %r0, 0\nexit")
