@@ -160,16 +160,20 @@ def compile_object(prog: Program, helpers: str) -> bytes:
 
 
 _lljit: llvm.LLJIT | None = None
+_lljit_pid = 0
+_inherited: list[Compiled] = []
 _libraries = itertools.count()
 
 
 def _load(key: str, obj: bytes, seconds: float, source: str) -> Compiled:
     """Link the object into the process-wide ORC LLJIT as a new library; the returned
     resource tracker (kept by Compiled) frees the code when the last instance lets go."""
-    global _lljit
+    global _lljit, _lljit_pid
     tm = target_machine()
-    if _lljit is None:
+    if _lljit is None or _lljit_pid != os.getpid():
+        # a forked worker must not reuse its parent's JIT (its threads did not survive)
         _lljit = llvm.create_lljit_compiler(tm)
+        _lljit_pid = os.getpid()
     builder = llvm.JITLibraryBuilder().add_object_img(obj).export_symbol(ENTRY_NAME)
     for name, addr in _libc_symbols().items():
         builder.import_symbol(name, addr)
@@ -211,6 +215,11 @@ def get_compiled(prog: Program, helpers: str,
     exact program and helper set passed it already)."""
     key = cache_key(prog, helpers)
     with _lock:
+        if _lljit is not None and _lljit_pid != os.getpid():
+            # forked: the parent's code is still mapped and usable, but releasing it here
+            # would run the parent's JIT bookkeeping, so keep it and start afresh
+            _inherited.extend(_memory.values())
+            _memory.clear()
         hit = _memory.get(key)
         if hit is not None:
             _memory.move_to_end(key)
