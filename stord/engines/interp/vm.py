@@ -33,7 +33,8 @@ S32 = 1 << 31
 STACK_BYTES = MAX_CALL_DEPTH * isa.STACK_SIZE
 STACK_BASE = STACK_TOP - STACK_BYTES
 REGION_SHIFT = 28  # regions are looked up by addr >> 28 (256 MiB granules)
-INLINE_CAP = 1500  # duplicated (inlined) blocks per function at most
+INLINE_CAP = 1500
+HOT_HEADERS = 3    # loop headers tested before the dispatch tree  # duplicated (inlined) blocks per function at most
 CODE_CACHE_SIZE = 32
 
 
@@ -520,6 +521,14 @@ class _Translator:
             elif ins.op == isa.EXIT_OP:
                 leaders.add(i + 1)
         blocks = sorted(x for x in leaders if start <= x < end)
+        # Loop headers (targets of backward jumps), innermost loops first: most dispatches
+        # go there, so they are tested before the binary tree.
+        spans: dict[int, int] = {}
+        for i in range(start, end):
+            t = jump_target(i, insns[i]) if i not in self.second else None
+            if t is not None and t <= i:
+                spans[t] = min(spans.get(t, end), i - t)
+        hot = sorted(spans, key=lambda t: spans[t])[:HOT_HEADERS]
         self.bounds = {b: (blocks[k + 1] if k + 1 < len(blocks) else end)
                        for k, b in enumerate(blocks)}
         # Cap on duplicated blocks per function: big programs would otherwise spend
@@ -534,7 +543,14 @@ class _Translator:
         e(1, "b = BUD[0]")
         e(1, f"pc = {start}")
         e(1, "while True:")
-        self.tree(blocks, 0, len(blocks), 2, end)
+        for k, h in enumerate(hot):
+            e(2, f"{'if' if k == 0 else 'elif'} pc == {h}:")
+            self.block(h, 3, 0)
+        rest = [x for x in blocks if x not in hot]
+        if rest:
+            if hot:
+                e(2, "else:")
+            self.tree(rest, 0, len(rest), 3 if hot else 2, end)
 
     def tree(self, blocks: list[int], lo: int, hi: int, depth: int, end: int) -> None:
         if hi - lo == 1:
