@@ -308,3 +308,17 @@ def test_every_engine_decodes_the_same_state(engine: str, name: str) -> None:
     assert results[0] == results[1]
     if name == "counter":
         assert results[0]["st"]["bytes"] == sum(map(len, chunks))
+
+
+def test_single_field_struct_keys_are_scalars() -> None:
+    """groupby-style `struct { char key[N]; }` keys decode to plain strings (msgpack and
+    JSON can carry those as map keys)."""
+    src = ("#include <linux/bpf.h>\n#include <bpf/bpf_helpers.h>\n"
+           "struct k { char key[8]; };\n"
+           "struct { __uint(type, BPF_MAP_TYPE_HASH); __type(key, struct k);"
+           " __type(value, __u64); __uint(max_entries, 4); } g SEC(\".maps\");\n"
+           "SEC(\"xdp\") int p(struct xdp_md *c) { struct k k = {}; __u64 one = 1;"
+           " bpf_map_update_elem(&g, &k, &one, 0); return 2; }\n")
+    p = load_object(compile_c(src))
+    d = decode(p, State(maps={"g": {b"abc".ljust(8, b"\0"): struct.pack("<Q", 3)}}))
+    assert d == {"g": {"abc": 3}}

@@ -200,8 +200,12 @@ def _decode_value(btf: Btf, m: MapDef, tid: int, size: int, raw: bytes) -> Any:
 
 
 def _key(value: Any) -> Any:
-    """Map keys must be hashable: structs become tuples of their fields, arrays tuples."""
+    """Map keys must be hashable and should survive msgpack/JSON: a struct of one field (like
+    `struct { char key[16]; }`) is that field's value; other structs and arrays become tuples
+    (which msgpack sends as arrays: a receiver needs use_list=False to use them as keys)."""
     if isinstance(value, dict):
+        if len(value) == 1:
+            return _key(next(iter(value.values())))
         return tuple(_key(v) for v in value.values())
     if isinstance(value, list):
         return tuple(_key(v) for v in value)
