@@ -75,3 +75,10 @@ def test_plugin_protocol() -> None:
     p = subprocess.run([sys.executable, "-m", "stord.cli.conformance", "--plugin", "00  "],
                        input=bad, capture_output=True, text=True, timeout=60)
     assert p.returncode != 0 and "ProgramFault" in p.stderr
+
+
+def test_failure_details_stay_on_one_line() -> None:
+    from stord.cli.conformance import one_line
+    assert one_line("verifier log\n0: (b7) r0 = 1\n\ninvalid shift 60\n") == \
+        "verifier log ... invalid shift 60"
+    assert len(one_line("x" * 1000)) == 300

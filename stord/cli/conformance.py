@@ -88,6 +88,13 @@ def run_vector(engine, vec: Vector) -> tuple[str, str]:
     return "pass", ""
 
 
+def one_line(text: str, limit: int = 300) -> str:
+    """A multi-line message (a verifier log) as one line: its first and last lines."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    out = lines[0] if len(lines) <= 1 else f"{lines[0]} ... {lines[-1]}"
+    return out if len(out) <= limit else out[:limit - 3] + "..."
+
+
 def collect(paths: list[str]) -> list[Path]:
     files: list[Path] = []
     for p in map(Path, paths):
@@ -145,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
             status, detail = "fail", f"cannot read vector: {e}"
         counts[status] += 1
         if status != "pass" or args.verbose:
-            print(f"{status.upper()} {f.name}: {detail}" if detail else f"{status.upper()} {f.name}")
+            print(f"{status.upper()} {f.name}: {one_line(detail)}" if detail
+                  else f"{status.upper()} {f.name}")
     print(f"{counts['pass']} passed, {counts['fail']} failed, {counts['skip']} skipped")
     return 1 if counts["fail"] else 0
 
