@@ -1,15 +1,24 @@
 """The reference eBPF virtual machine (RFC 9669), in pure Python.
 
-Speed comes from translating the program once into Python source: each eBPF function
-becomes one Python function whose registers are local variables, whose basic blocks are
-the leaves of a binary if-tree on `pc` inside a `while True` loop, and whose loads and
-stores of the stack through r10 with a constant offset are checked at translation time
-and inlined. bpf-to-bpf calls are Python calls (r6-r9 are locals, so they are preserved
-for free); every other memory access goes through a region lookup that checks bounds and
-writability and raises ProgramFault with the address, size and pc.
+Speed comes from translating the program once into Python source (then compiled by
+Python and memoised):
+- each eBPF function becomes one Python function whose registers are local variables;
+  bpf-to-bpf calls are Python calls (r6-r9 are locals, so they survive for free);
+- basic blocks are leaves of a binary if-tree on `pc` inside `while True` (innermost loop
+  headers are tested first); small blocks reached by forward edges are duplicated inline
+  so straight-line paths do not go back to the dispatch;
+- stack accesses through r10 with a constant offset are bounds-checked at translation
+  time; so are accesses through a register that the block loaded with the address of a
+  global (`lddw map_value`), and loads from frozen .rodata fold to constants;
+- every other load/store site has an inline cache of the region it touched last (base,
+  bound, buffer); a miss takes the slow path, which checks the address against every
+  region (bounds, writability, the current stack frame) and raises ProgramFault with the
+  address, size and pc.
 
 Registers hold unsigned 64-bit Python ints; 32-bit results are masked, which is exactly
-RFC 9669's zero extension. The instruction budget is charged per basic block on entry.
+RFC 9669's zero extension. The instruction budget is charged per basic block and checked
+at every dispatch and exit, so a run that executes more instructions than its budget
+always ends in BudgetExceeded.
 """
 
 from __future__ import annotations
