@@ -79,6 +79,72 @@ def subprogram_starts(insns: list[isa.Insn]) -> list[int]:
     return sorted(starts)
 
 
+MAX_JIT_INSNS = 100_000      # larger programs take too long to compile: CompileError
+INLINE_SMALL = 256           # a function called from several sites is copied into each
+                             # only while (expanded size x call sites) stays this small
+
+
+def inline_set(insns: list[isa.Insn], starts: list[int], callbacks: list[int]) -> set[int]:
+    """Subprograms to inline. A function with one call site is always inlined (no copy is
+    made); one with several only when all its copies together stay under INLINE_SMALL
+    instructions, so nested calls cannot multiply the code (the emitted total is at most
+    the program plus INLINE_SMALL per function). Recursive functions are never inlined."""
+    ends = dict(zip(starts, starts[1:] + [len(insns)], strict=True))
+    loop_sites = 0
+    calls: dict[int, list[int]] = {s: [] for s in starts}
+    owner = 0
+    for i, ins in enumerate(insns):
+        if i in ends:
+            owner = i
+        if ins.op == isa.CALL_OP and ins.src == isa.PSEUDO_CALL:
+            calls[owner].append(i + ins.imm + 1)
+        elif ins.op == isa.CALL_OP and ins.src == 0 and ins.imm == 181:
+            loop_sites += 1
+            calls[owner].extend(callbacks)   # each bpf_loop site may call every callback
+    sites = {s: 0 for s in starts}
+    for callees in calls.values():
+        for c in callees:
+            sites[c] = sites.get(c, 0) + 1
+    size: dict[int, int] = {}
+    inline: set[int] = set()
+    visiting: set[int] = set()
+
+    def expanded(f: int) -> int | None:
+        """Size of f with its inlined callees, None if f is part of a cycle."""
+        if f in size:
+            return size[f]
+        if f in visiting:
+            return None
+        visiting.add(f)
+        total = ends[f] - f
+        for c in calls[f]:
+            sub = expanded(c)
+            if sub is not None and c in inline:
+                total += sub
+        visiting.discard(f)
+        size[f] = total
+        if f and sites[f] and (sites[f] == 1 or total * sites[f] <= INLINE_SMALL) and \
+                f not in _reaches(f, calls):
+            inline.add(f)
+        return total
+
+    for f in starts:
+        expanded(f)
+    inline.add(0)   # called once, from stord_entry
+    return inline
+
+
+def _reaches(f: int, calls: dict[int, list[int]]) -> set[int]:
+    seen: set[int] = set()
+    stack = list(calls[f])
+    while stack:
+        g = stack.pop()
+        if g not in seen:
+            seen.add(g)
+            stack.extend(calls[g])
+    return seen
+
+
 class ModuleTranslator:
     """Builds the LLVM module of one program for one helper set."""
 
@@ -88,6 +154,9 @@ class ModuleTranslator:
         self.prog = prog
         self.insns = prog.insns
         self.helpers = helpers
+        if len(self.insns) > MAX_JIT_INSNS:
+            raise CompileError(f"program of {len(self.insns)} instructions is too large for "
+                               f"the jit engine (at most {MAX_JIT_INSNS})")
         self.module = ir.Module(name=prog.name or "prog")
         self.invariant_md = self.module.add_metadata([])
         starts = subprogram_starts(self.insns)
@@ -96,15 +165,16 @@ class ModuleTranslator:
             end = starts[k + 1] if k + 1 < len(starts) else len(self.insns)
             fn = ir.Function(self.module, ir.FunctionType(RET, SUB_ARGS), name=f"sub_{s}")
             fn.linkage = "internal"
-            # eBPF programs are small and calls are at most 8 deep: inlining everything
-            # lets constant arguments (callbacks, map handles, depth) fold
-            fn.attributes.add("alwaysinline")
             fn.args[0].add_attribute("noalias")
             fn.args[2].add_attribute("noalias")
             self.subs[s] = Subprogram(s, end, fn)
         # bpf_loop callbacks: every subprogram whose address a program takes
         self.callbacks = sorted({i + ins.imm + 1 for i, ins in enumerate(self.insns)
                                  if ins.op == isa.LDDW and ins.src == isa.PSEUDO_FUNC})
+        for s in inline_set(self.insns, starts, self.callbacks):
+            # inlining lets constant arguments (callbacks, map handles, depth) fold; the
+            # pass pipeline has only the always-inliner, so this choice is final
+            self.subs[s].fn.attributes.add("alwaysinline")
         self.rodata: dict[int, ir.GlobalVariable] = {}
         for i, m in enumerate(prog.maps):
             if self.is_readonly(m):
