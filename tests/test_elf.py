@@ -242,7 +242,7 @@ def test_params_offsets_and_values() -> None:
     data = obj("maps_globals")
     prog = load_object(data)
     nm = _nm(data)
-    assert set(prog.params) == {"threshold", "delta", "pattern"}
+    assert set(prog.params) == {"threshold", "delta", "pattern", "table8"}
     for p in prog.params.values():
         assert p.offset == nm[p.name]
         assert prog.maps[p.map_index].name == ".rodata"
@@ -259,6 +259,14 @@ def test_params_offsets_and_values() -> None:
     assert q.digest != prog.digest
     with pytest.raises(LoadError):
         prog.with_params(nope=1)
+    t8 = prog.params["table8"]
+    assert t8.is_bytes and t8.size == 32 and t8.offset == nm["table8"]
+    assert ro.initial[t8.offset:t8.offset + 4] == bytes([1, 2, 3, 0])
+    table = bytes(range(100, 132))
+    ro3 = prog.with_params(table8=table).maps[t8.map_index].initial
+    assert ro3[t8.offset:t8.offset + 32] == table                 # the full size fits
+    with pytest.raises(LoadError, match="at most 32 bytes"):
+        prog.with_params(table8=bytes(33))
 
 
 def test_program_is_picklable() -> None:

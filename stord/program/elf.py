@@ -455,9 +455,13 @@ class _Loader:
             vtype = self.btf.type(var_id).type
             base = self.btf.resolve(vtype)
             if base.kind == B.ARRAY:
-                if not self.btf.is_char_array(base.id) or not _volatile(self.btf, base.type):
+                if not _volatile(self.btf, base.type):
                     continue
-                out[name] = Param(name, self.data_map[i], off, size, False, True)
+                elem = self.btf.resolve(base.type)
+                if self.btf.is_char_array(base.id):
+                    out[name] = Param(name, self.data_map[i], off, size, False, True)
+                elif elem.kind == B.INT and elem.size == 1:   # a byte table (__u8 t[N])
+                    out[name] = Param(name, self.data_map[i], off, size, False, is_bytes=True)
             elif base.kind in (B.INT, B.ENUM, B.ENUM64) and _volatile(self.btf, vtype):
                 if size not in (1, 2, 4, 8):
                     continue

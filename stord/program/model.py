@@ -50,6 +50,7 @@ class Param:
     size: int
     signed: bool
     is_char_array: bool = False  # char name[N]: set from str/bytes, NUL padded
+    is_bytes: bool = False       # __u8 table[N]: set from bytes (at most N), zero padded
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,12 @@ class Program:
 
 
 def _encode_param(p: Param, value: int | str | bytes) -> bytes:
+    if p.is_bytes:
+        if not isinstance(value, bytes | bytearray):
+            raise LoadError(f"parameter {p.name!r} takes bytes, not {type(value).__name__}")
+        if len(value) > p.size:
+            raise LoadError(f"parameter {p.name!r} is at most {p.size} bytes long")
+        return bytes(value).ljust(p.size, b"\0")
     if p.is_char_array:
         raw = value.encode() if isinstance(value, str) else value
         if not isinstance(raw, bytes):

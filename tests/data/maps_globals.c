@@ -15,6 +15,7 @@ __u32 flags __attribute__((btf_decl_tag("stord:or"))) = 5;
 const volatile __u64 threshold = 10;
 const volatile __s32 delta = -3;
 const volatile char pattern[16] = "abc";
+const volatile __u8 table8[32] = { 1, 2, 3 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -64,7 +65,7 @@ int prog(struct xdp_md *ctx)
 		*pc += *t;
 	result.count += scale(k);
 	bpf_loop(10, add_idx, 0, 0);
-	if (pattern[0] == 'x')
+	if (pattern[0] == 'x' || table8[k & 31] == 7)
 		flags |= 2;
 	return XDP_PASS;
 }
