@@ -393,3 +393,20 @@ def _fuzz_base() -> bytes:
     if not _BASE:
         _BASE.append(obj("maps_globals"))
     return _BASE[0]
+
+
+def test_function_layout_matches_call_targets() -> None:
+    from stord.program.elf import function_layout
+
+    data = obj("calls")
+    layout = function_layout(data, "first")
+    prog = load_object(data, "first")
+    assert layout[0] == ("first", 0)
+    # libbpf's depth-first order: middle (first call), leaf and global_helper (its calls),
+    # then the bpf_loop callback cb.
+    assert [n for n, _ in layout] == ["first", "middle", "leaf", "global_helper", "cb"]
+    starts = {s for _, s in layout[1:]}
+    targets = {i + x.imm + 1 for i, x in enumerate(prog.insns)
+               if (x.op == isa.CALL_OP and x.src == isa.PSEUDO_CALL) or
+               (x.op == isa.LDDW and x.src == isa.PSEUDO_FUNC)}
+    assert starts == targets
