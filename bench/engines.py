@@ -48,10 +48,11 @@ def avg_program(path: str) -> tuple[Any, Any]:
 def run_avg(prog: Any, path: str, engine: str, start: int = 0, end: int | None = None) -> float:
     """One execute() over [start, end) and the built-in's finishing step, as a worker and the
     daemon do for a one-range query."""
+    from stord.engines.base import DEFAULT_BUDGET
     from stord.query.builtins import finish
     from stord.query.executor import execute
 
-    kw: dict[str, Any] = {"engine": engine, "start": start}
+    kw: dict[str, Any] = {"engine": engine, "start": start, "budget": DEFAULT_BUDGET}
     if end is not None:
         kw["end"] = end
     out = execute(prog, path, **kw)

@@ -83,10 +83,11 @@ def _init(path: str) -> None:
 
 
 def _run_range(job: tuple[str, int, int]) -> dict[str, Any]:
+    from stord.engines.base import DEFAULT_BUDGET
     from stord.query.executor import execute
 
     path, start, end = job
-    return execute(_prog, path, engine="jit", start=start, end=end)
+    return execute(_prog, path, engine="jit", start=start, end=end, budget=DEFAULT_BUDGET)
 
 
 def plan(path: str, parts: int) -> list[tuple[int, int]]:
