@@ -225,3 +225,40 @@ def test_hash_map_churn_matches_interp(seed: int) -> None:
         states.append(inst.read_state())
     assert states[0] == states[1]
     assert 0 < len(states[1].maps["h"]) <= 64
+
+
+def fan_out(levels: int, calls: int) -> Program:
+    """Function L calls function L+1 `calls` times; the last one counts in r6."""
+    insns: list[Insn] = []
+    per = calls + 2
+    for lvl in range(levels):
+        for k in range(calls):
+            i = lvl * per + k
+            if lvl < levels - 1:
+                insns.append(Insn(isa.CALL_OP, 0, isa.PSEUDO_CALL, 0, (lvl + 1) * per - i - 1))
+            else:
+                insns.append(Insn(isa.ALU64 | isa.ADD | isa.K, 6, 0, 0, 1))
+        insns += [Insn(isa.ALU64 | isa.MOV | isa.K, 0, 0, 0, lvl + 1), Insn(isa.EXIT_OP)]
+    return Program(name="fanout", section="", insns=insns)
+
+
+def test_nested_calls_do_not_multiply_the_code() -> None:
+    from stord.engines.jit.translate import INLINE_SMALL, inline_set, subprogram_starts
+    prog = fan_out(7, 6)   # 6^6 copies of the leaf if everything were inlined
+    starts = subprogram_starts(prog.insns)
+    chosen = inline_set(prog.insns, starts, [])
+    ends = dict(zip(starts, starts[1:] + [len(prog.insns)], strict=True))
+
+    def emitted(f: int) -> int:   # a function's code with the callees inlined into it
+        callees = [i + ins.imm + 1 for i, ins in enumerate(prog.insns[f:ends[f]], f)
+                   if ins.op == isa.CALL_OP and ins.src == isa.PSEUDO_CALL]
+        return ends[f] - f + sum(emitted(c) for c in callees if c in chosen)
+
+    total = sum(emitted(f) for f in starts if f == 0 or f not in chosen)
+    assert total <= len(prog.insns) + INLINE_SMALL * len(starts)
+    assert starts[-1] in chosen               # the small leaf is inlined
+    assert outcome_r0(jit, prog) == outcome_r0(interp, prog) == 1
+
+
+def outcome_r0(engine, prog: Program) -> int:
+    return engine.load(prog, helpers="conformance").call(None)
