@@ -1,0 +1,416 @@
+/* stord.h: the API stord programs are written against (see bpf/README.md, the contract).
+ *
+ * A stord program is an XDP program, `SEC("xdp") int f(struct xdp_md *ctx)`, called once per
+ * chunk of a record-aligned byte range of a file, in file order. It keeps its aggregate in
+ * global variables (its state); reduce merges two states by the BTF tags below.
+ *
+ * Only <linux/bpf.h> and <bpf/bpf_helpers.h> (libbpf-dev) are needed. Build with
+ *   clang -O2 -g -target bpf -mcpu=v3 -Ibpf/include -c prog.c -o prog.o
+ *
+ * Define STORD_CSV before including this header to get the CSV record scanner: the program
+ * then defines stord_csv_record() (called once per record) and returns stord_csv_main(ctx).
+ */
+#ifndef STORD_H
+#define STORD_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+/* ---- context ------------------------------------------------------------------------ */
+
+/* At ctx->data_meta (16 bytes before ctx->data). */
+struct stord_meta {
+	__u64 offset; /* file offset of the chunk's first byte */
+	__u32 flags;  /* STORD_LAST: the range ends with this chunk (which may be empty) */
+	__u32 pad;
+};
+#define STORD_LAST 1u
+
+struct stord_chunk {
+	__u64 offset;
+	__u32 len;
+	__u32 last;
+};
+
+/* Verdicts. */
+#define STORD_KEEP XDP_PASS    /* keep: the chunk is copied to the reader (hook engine) */
+#define STORD_SKIP XDP_DROP    /* skip the copy: the answer is the state */
+#define STORD_ERROR XDP_ABORTED /* the query fails */
+
+/* Reads the chunk description; -1 when the metadata is missing (then return STORD_ERROR). */
+static __always_inline int stord_chunk(struct xdp_md *ctx, struct stord_chunk *ch)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct stord_meta *m = (void *)(long)ctx->data_meta;
+
+	if ((void *)(m + 1) > data)
+		return -1;
+	ch->offset = m->offset;
+	ch->last = m->flags & STORD_LAST;
+	ch->len = (__u32)(data_end - data);
+	return 0;
+}
+
+/* ---- parameters and state ------------------------------------------------------------ */
+
+/* A parameter: a `const volatile` global in .rodata that the caller sets before load. */
+#define STORD_PARAM(type, name, dflt) const volatile type name = dflt
+
+/* Reduce tags, on a global variable or a struct member. Untagged integers are summed. */
+#define STORD_TAG(op) __attribute__((btf_decl_tag("stord:" op)))
+#define STORD_SUM STORD_TAG("sum")
+#define STORD_MIN STORD_TAG("min")
+#define STORD_MAX STORD_TAG("max")
+#define STORD_OR STORD_TAG("or")
+#define STORD_AND STORD_TAG("and")
+/* Parse state that carries between chunks of one range; not part of the result. */
+#define STORD_SCRATCH STORD_TAG("scratch")
+
+#define STORD_S64_MAX 0x7fffffffffffffffLL
+#define STORD_S64_MIN (-STORD_S64_MAX - 1)
+
+/* ---- reading the chunk: a per-byte loop over a window buffer ---------------------------
+ * The kernel verifier refuses packet access at an unbounded offset, and chunks are up to
+ * 1 MiB in userspace. So a program walks the chunk with bpf_loop (one callback per byte)
+ * and reads each byte through stord_byte(), which copies the chunk window by window
+ * (bpf_xdp_load_bytes: a memcpy in the userspace engines) into a global buffer.
+ * Why a callback per byte rather than a C loop over the window: the verifier checks a
+ * bpf_loop callback once, but walks a bounded C loop iteration by iteration, path by path
+ * (a 4096-byte window of a CSV state machine is far past its 1M-instruction limit). The
+ * jit runs bpf_loop as a native loop with the callback inlined, and the loop state the
+ * callback keeps in its context struct (on the caller's stack) becomes registers. */
+#ifndef STORD_WINDOW
+#define STORD_WINDOW 4096
+#endif
+#define STORD_MAX_CHUNK (1u << 23) /* bpf_loop's limit on iterations */
+
+__u8 stord_buf[STORD_WINDOW] STORD_SCRATCH;
+
+/* Always 0, but the kernel verifier cannot know it (global data is not tracked). The
+ * verifier keeps apart states whose registers or stack slots hold different constants, and
+ * a per-byte state machine that sets its column to 0 at every newline would make it verify
+ * the callback once per constant combination. Resetting loop state to `stord_zero` instead
+ * of a literal 0 keeps those values "unknown", so the states match. One load per reset. */
+__u32 stord_zero STORD_SCRATCH;
+
+/* Byte idx (< len) of the chunk; loads the next window when idx starts one. -1: the
+ * helper failed (return STORD_ERROR). */
+static __always_inline int stord_byte(struct xdp_md *ctx, __u32 idx, __u32 len)
+{
+	__u32 k = idx & (STORD_WINDOW - 1);
+
+	if (k == 0) {
+		__u32 n = len - idx;
+
+		if (n > STORD_WINDOW)
+			n = STORD_WINDOW;
+		if (n < 1) /* for the verifier: the helper's size is in [1, STORD_WINDOW] */
+			return -1;
+		if (bpf_xdp_load_bytes(ctx, idx, stord_buf, n))
+			return -1;
+	}
+	return stord_buf[k];
+}
+
+/* ---- decimal numbers as fixed-point integers -------------------------------------------
+ * "[+-]digits[.digits]" (either digit run may be empty, not both) becomes value * 10^scale
+ * in an __s64; digits beyond the scale are dropped (truncation toward zero, like the C
+ * baseline in bench/). No floating point.
+ * Feed the field's bytes one by one, then stord_num_end(). */
+#define STORD_NUM_ANY 0x01u /* some byte seen */
+#define STORD_NUM_NEG 0x02u
+#define STORD_NUM_DIG 0x04u
+#define STORD_NUM_DOT 0x08u
+#define STORD_NUM_BAD 0x10u
+#define STORD_NUM_OVF 0x40u /* too many integer digits for an __s64 */
+#define STORD_NUM_FD 0x100u /* fraction digits counted from bit 8 */
+#define STORD_MAX_SCALE 18
+
+/* Results of stord_num_end. */
+#define STORD_NUM_EMPTY 0    /* no bytes: a missing value (NULL); zeroed state says so */
+#define STORD_NUM_OK 1
+#define STORD_NUM_INVALID 2  /* does not parse: count it in `skipped` */
+#define STORD_NUM_OVERFLOW 3 /* parses but does not fit at this scale: count in `overflow` */
+
+/* acc*10 + 9 stays <= S64_MAX while acc <= this. */
+#define STORD_ACC_LIMIT 922337203685477579ULL
+
+static const __u64 stord_pow10[STORD_MAX_SCALE + 1] = {
+	1ULL, 10ULL, 100ULL, 1000ULL, 10000ULL, 100000ULL, 1000000ULL, 10000000ULL,
+	100000000ULL, 1000000000ULL, 10000000000ULL, 100000000000ULL, 1000000000000ULL,
+	10000000000000ULL, 100000000000000ULL, 1000000000000000ULL, 10000000000000000ULL,
+	100000000000000000ULL, 1000000000000000000ULL,
+};
+
+static __always_inline void stord_num_feed(__u64 *acc, __u32 *st, __u8 c, __u32 scale)
+{
+	__u32 s = *st | STORD_NUM_ANY;
+	__u32 d = (__u32)c - '0';
+
+	if (d < 10) {
+		s |= STORD_NUM_DIG;
+		if (s & STORD_NUM_DOT) {
+			__u32 fd = s >> 8;
+
+			if (fd >= scale) { /* past the scale: truncated */
+				*st = s;
+				return;
+			}
+			s += STORD_NUM_FD;
+		}
+		if (*acc > STORD_ACC_LIMIT)
+			s |= STORD_NUM_OVF;
+		else
+			*acc = *acc * 10 + d;
+	} else if (c == '.') {
+		s |= (s & STORD_NUM_DOT) ? STORD_NUM_BAD : STORD_NUM_DOT;
+	} else if ((c == '-' || c == '+') && !(*st & STORD_NUM_ANY)) {
+		if (c == '-')
+			s |= STORD_NUM_NEG;
+	} else {
+		s |= STORD_NUM_BAD;
+	}
+	*st = s;
+}
+
+static __always_inline int stord_num_end(__u64 acc, __u32 st, __u32 scale, __s64 *out)
+{
+	__u32 fd = st >> 8, k;
+	__u64 p;
+
+	if (!(st & STORD_NUM_ANY))
+		return STORD_NUM_EMPTY;
+	if ((st & STORD_NUM_BAD) || !(st & STORD_NUM_DIG))
+		return STORD_NUM_INVALID;
+	if (st & STORD_NUM_OVF)
+		return STORD_NUM_OVERFLOW;
+	if (scale > STORD_MAX_SCALE)
+		scale = STORD_MAX_SCALE;
+	if (fd > scale)
+		fd = scale;
+	k = scale - fd;
+	if (k > STORD_MAX_SCALE)
+		return STORD_NUM_OVERFLOW;
+	p = stord_pow10[k];
+	if (acc > (__u64)STORD_S64_MAX / p)
+		return STORD_NUM_OVERFLOW;
+	acc *= p;
+	*out = (st & STORD_NUM_NEG) ? -(__s64)acc : (__s64)acc;
+	return STORD_NUM_OK;
+}
+
+/* ---- the CSV record scanner ------------------------------------------------------------ */
+#ifdef STORD_CSV
+
+#ifndef STORD_KEY_LEN
+#define STORD_KEY_LEN 32
+#endif
+
+/* CSV dialect and the columns the scanner extracts (0-based; -1 = none). */
+STORD_PARAM(__u8, delim, ',');
+STORD_PARAM(__u8, header, 0); /* 1: the file's first record is a header (not counted) */
+STORD_PARAM(__s32, col, -1);     /* the number column */
+STORD_PARAM(__s32, key_col, -1); /* the key column (bytes) */
+STORD_PARAM(__u32, scale, 2);    /* fixed-point decimals of numbers */
+
+/* Every CSV program reports these. */
+__u64 skipped; /* records whose number column does not parse (or key too long) */
+__u64 empty;   /* records whose number column is empty or missing */
+__u64 overflow; /* values or sums that do not fit: the query fails */
+
+/* One record, as given to stord_csv_record(). */
+struct stord_record {
+	__s64 num;    /* valid when num_status == STORD_NUM_OK */
+	__u32 num_status;
+	__u32 key_len; /* > STORD_KEY_LEN: the key was too long (key holds its first bytes) */
+	char key[STORD_KEY_LEN]; /* NUL padded */
+};
+
+#define STORD_CSV_INQ 1u  /* inside a quoted field */
+#define STORD_CSV_PQ 2u   /* the previous byte was a quote */
+#define STORD_CSV_SEEN 4u /* the record has a byte other than CR */
+
+struct stord_csv {
+	__u64 acc;  /* number being parsed */
+	__u32 nst;  /* its flags */
+	__u32 col;  /* current column */
+	__u32 fl;   /* STORD_CSV_* */
+	__u32 skip; /* the next record is the header */
+	struct stord_record rec;
+};
+
+struct stord_csv stord_csv STORD_SCRATCH;
+
+/* Called once per record (blank lines are not records; the header is not passed). */
+static __always_inline void stord_csv_record(struct stord_record *r);
+
+static __always_inline void stord_csv_key_byte(__u8 c)
+{
+	__u32 k = stord_csv.rec.key_len;
+
+	if (k < STORD_KEY_LEN)
+		stord_csv.rec.key[k] = c;
+	if (k <= STORD_KEY_LEN)
+		stord_csv.rec.key_len = k + 1;
+}
+
+static __always_inline void stord_csv_content(__u32 c, __u32 column, __u64 *acc, __u32 *nst)
+{
+	if (column == (__u32)col)
+		stord_num_feed(acc, nst, c, scale);
+	if (column == (__u32)key_col)
+		stord_csv_key_byte(c);
+}
+
+static __always_inline void stord_csv_field_end(__u32 column, __u64 acc, __u32 nst)
+{
+	if (column == (__u32)col)
+		stord_csv.rec.num_status = stord_num_end(acc, nst, scale, &stord_csv.rec.num);
+}
+
+static __always_inline void stord_csv_record_end(__u32 column, __u32 fl)
+{
+	struct stord_record *r = &stord_csv.rec;
+
+	if (column == 0 && !(fl & STORD_CSV_SEEN))
+		return; /* a blank line */
+	if (stord_csv.skip)
+		stord_csv.skip = 0;
+	else
+		stord_csv_record(r);
+	r->num_status = STORD_NUM_EMPTY;
+	r->key_len = 0;
+	__builtin_memset(r->key, 0, STORD_KEY_LEN);
+}
+
+/* The loop state of one chunk (bpf_loop's context, on the stack); stord_csv between. */
+struct stord_csv_walk {
+	struct xdp_md *ctx;
+	__u64 acc;
+	__u32 nst;
+	__u32 column;
+	__u32 fl;
+	__u32 len;
+	__u32 error;
+};
+
+/* The per-byte state machine (RFC 4180): a quote toggles the quoted state, a doubled quote
+ * inside a quoted field is a literal quote, delimiter and LF end fields and records only
+ * outside quotes, CR outside quotes is dropped. */
+static long stord_csv_byte(__u32 idx, void *arg)
+{
+	struct stord_csv_walk *w = arg;
+	int b = stord_byte(w->ctx, idx, w->len);
+	__u32 c = (__u32)b, fl = w->fl;
+
+	if (b < 0) {
+		w->error = 1;
+		return 1;
+	}
+	if (c == '"') {
+		if ((fl & (STORD_CSV_INQ | STORD_CSV_PQ)) == STORD_CSV_PQ) {
+			/* "" inside a quoted field: a literal quote, and quoted again */
+			stord_csv_content(c, w->column, &w->acc, &w->nst);
+			w->fl = stord_zero | STORD_CSV_INQ | STORD_CSV_SEEN;
+		} else {
+			w->fl = (fl ^ STORD_CSV_INQ) | STORD_CSV_PQ | STORD_CSV_SEEN;
+		}
+		return 0;
+	}
+	if (!(fl & STORD_CSV_INQ)) {
+		if (c == delim) {
+			stord_csv_field_end(w->column, w->acc, w->nst);
+			w->column++;
+			w->fl = stord_zero | STORD_CSV_SEEN;
+			w->acc = stord_zero;
+			w->nst = stord_zero;
+			return 0;
+		}
+		if (c == '\n') {
+			stord_csv_field_end(w->column, w->acc, w->nst);
+			stord_csv_record_end(w->column, fl);
+			w->column = stord_zero;
+			w->fl = stord_zero;
+			w->acc = stord_zero;
+			w->nst = stord_zero;
+			return 0;
+		}
+		if (c == '\r')
+			return 0;
+	}
+	/* not (fl & INQ) | SEEN: clang would fold that to a constant where it knows INQ */
+	w->fl = (fl | STORD_CSV_SEEN) & ~STORD_CSV_PQ;
+	stord_csv_content(c, w->column, &w->acc, &w->nst);
+	return 0;
+}
+
+/* LAST: a final record without a newline; then clean scratch for a next range. */
+static __always_inline void stord_csv_flush(void)
+{
+	stord_csv_field_end(stord_csv.col, stord_csv.acc, stord_csv.nst);
+	stord_csv_record_end(stord_csv.col, stord_csv.fl);
+	stord_csv.acc = 0;
+	stord_csv.nst = 0;
+	stord_csv.col = 0;
+	stord_csv.fl = 0;
+	stord_csv.skip = 0;
+}
+
+static __always_inline int stord_csv_main(struct xdp_md *ctx)
+{
+	struct stord_chunk ch;
+	struct stord_csv_walk w;
+
+	if (stord_chunk(ctx, &ch))
+		return STORD_ERROR;
+	if (ch.offset == 0 && header)
+		stord_csv.skip = 1; /* only the range that starts the file holds the header */
+	w.ctx = ctx;
+	w.len = ch.len;
+	w.error = 0;
+	w.acc = stord_csv.acc;
+	w.nst = stord_csv.nst;
+	w.column = stord_csv.col;
+	w.fl = stord_csv.fl;
+	if (ch.len && bpf_loop(ch.len, stord_csv_byte, &w, 0) < 0)
+		return STORD_ERROR;
+	if (w.error)
+		return STORD_ERROR;
+	stord_csv.acc = w.acc;
+	stord_csv.nst = w.nst;
+	stord_csv.col = w.column;
+	stord_csv.fl = w.fl;
+	if (ch.last)
+		stord_csv_flush();
+	return STORD_SKIP;
+}
+
+/* Adds v to *sum, counting an overflow instead of wrapping. */
+static __always_inline void stord_add(__s64 *sum, __s64 v)
+{
+	if (__builtin_add_overflow(*sum, v, sum))
+		overflow++;
+}
+
+/* Folds the record's number status into skipped/empty/overflow; 1 when num is valid. */
+static __always_inline int stord_csv_num_ok(const struct stord_record *r)
+{
+	switch (r->num_status) {
+	case STORD_NUM_OK:
+		return 1;
+	case STORD_NUM_EMPTY:
+		empty++;
+		return 0;
+	case STORD_NUM_OVERFLOW:
+		overflow++;
+		return 0;
+	default:
+		skipped++;
+		return 0;
+	}
+}
+
+#endif /* STORD_CSV */
+
+#endif /* STORD_H */
