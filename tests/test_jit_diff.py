@@ -369,3 +369,16 @@ def test_runaway_loops_exceed_budget_on_both(pad: int) -> None:
     prog = Program(name="loop", section="", insns=insns)
     assert outcome(jit, prog, budget=10_000) == outcome(interp, prog, budget=10_000) \
         == ("error", "BudgetExceeded")
+
+
+CSV_BYTES = st.lists(st.sampled_from([b"0", b"1", b"7", b"9", b".", b"-", b"+", b",", b'"',
+                                      b"\n", b"\r\n", b"a", b" ", b"123456789012345678901"]),
+                     max_size=120).map(b"".join)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from([0, 1, 2, 3, 5]), CSV_BYTES, st.integers(1, 64))
+def test_builtins_on_random_bytes_same_as_interp(case: int, data: bytes, chunk: int) -> None:
+    name, params = BUILTIN_CASES[case]
+    prog = builtin(name, params)
+    assert run_chunks(jit, prog, data, chunk) == run_chunks(interp, prog, data, chunk)
