@@ -262,3 +262,34 @@ def test_nested_calls_do_not_multiply_the_code() -> None:
 
 def outcome_r0(engine, prog: Program) -> int:
     return engine.load(prog, helpers="conformance").call(None)
+
+
+@pytest.mark.parametrize("off,size", [(8, 8), (12, 8), (15, 2), (14, 4), (16, 8), (0, 8),
+                                      (20, 8), (12, 16)])
+def test_reads_across_meta_and_chunk_match_interp(off: int, size: int) -> None:
+    """meta (16 bytes) and the chunk are one read-only region, as in the interp."""
+    from stord.engines.base import META_BASE
+    src = r"""
+    #include <linux/bpf.h>
+    #include <bpf/bpf_helpers.h>
+    struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 4);
+             __type(key, __u8[16]); __type(value, __u64); } h SEC(".maps");
+    SEC("xdp") int prog(struct xdp_md *ctx) { return 2; }
+    char LICENSE[] SEC("license") = "GPL";
+    """
+    maps = load_object(compile_c(src)).maps
+    if size == 16:   # a helper reading a 16-byte key that starts in meta
+        body = [*lddw(2, META_BASE + off), Insn(isa.LDDW, 1, isa.PSEUDO_MAP_FD, 0, 0),
+                Insn(0), Insn(isa.CALL_OP, 0, 0, 0, 1)]
+    else:
+        sz = {1: isa.B, 2: isa.H, 4: isa.W, 8: isa.DW}[size]
+        body = [*lddw(2, META_BASE + off), Insn(isa.LDX | isa.MEM | sz, 0, 2, 0)]
+    prog = Program(name="t", section="", insns=body + [Insn(isa.EXIT_OP)], maps=maps)
+    got = []
+    for engine in (interp, jit):
+        try:
+            got.append(engine.load(prog).run_chunk(bytes(range(1, 9)), 0x0102030405060708,
+                                                   True))
+        except ProgramFault:
+            got.append("fault")
+    assert got[0] == got[1]

@@ -24,7 +24,9 @@ MEM_LEN = 72
 RNG = 80        # xorshift state of bpf_get_prandom_u32
 MAPS = 88       # host pointer: array of MapDesc, one per Program.maps entry
 INFO = 96       # access size / helper detail for the fault message
-ENV_SIZE = 104
+SCRATCH = 104   # 80 bytes: a read that straddles meta and data is assembled here
+SCRATCH_SIZE = 80
+ENV_SIZE = 184
 
 # MapDesc field offsets; one 64-byte descriptor per map.
 M_VALUES = 0    # host pointer: max_entries * value_size bytes (the map's virtual region)
@@ -55,7 +57,7 @@ class Env(ctypes.Structure):
         ("budget", ctypes.c_uint64), ("data", ctypes.c_void_p), ("data_len", ctypes.c_uint64),
         ("meta", ctypes.c_void_p), ("ctx", ctypes.c_void_p), ("mem", ctypes.c_void_p),
         ("mem_len", ctypes.c_uint64), ("rng", ctypes.c_uint64), ("maps", ctypes.c_void_p),
-        ("info", ctypes.c_uint64),
+        ("info", ctypes.c_uint64), ("scratch", ctypes.c_uint8 * SCRATCH_SIZE),
     ]
 
 
@@ -70,7 +72,7 @@ class MapDesc(ctypes.Structure):
 def _check() -> None:
     named = {"status": STATUS, "pc": PC, "addr": ADDR, "budget": BUDGET, "data": DATA,
              "data_len": DATA_LEN, "meta": META, "ctx": CTX, "mem": MEM, "mem_len": MEM_LEN,
-             "rng": RNG, "maps": MAPS, "info": INFO}
+             "rng": RNG, "maps": MAPS, "info": INFO, "scratch": SCRATCH}
     for name, off in named.items():
         assert getattr(Env, name).offset == off, name
     assert ctypes.sizeof(Env) == ENV_SIZE

@@ -124,6 +124,22 @@ class Runtime:
                 ok = b.and_(ok, readable_only)
             region(ok, lambda d=d, ptr_off=ptr_off: b.gep(field(ptr_off, PTR), [d],
                                                           source_etype=I8))
+        # meta and the chunk are one read-only region in the interp; a read that starts in
+        # meta and ends in the chunk is assembled in the env's scratch buffer
+        d = b.sub(addr, c64(base.META_BASE))
+        span = b.add(field(L.DATA_LEN, I64), c64(base.META_SIZE))
+        ok = b.and_(b.and_(fits(d, span), readable_only),
+                    b.icmp_unsigned("<=", size, c64(L.SCRATCH_SIZE - base.META_SIZE)))
+        hit = fn.append_basic_block()
+        miss = fn.append_basic_block()
+        b.cbranch(ok, hit, miss)
+        b.position_at_end(hit)
+        scratch = b.gep(env, [c64(L.SCRATCH)], source_etype=I8)
+        self.memcpy(b, scratch, field(L.META, PTR), c64(base.META_SIZE))
+        self.memcpy(b, b.gep(scratch, [c64(base.META_SIZE)], source_etype=I8),
+                    field(L.DATA, PTR), b.sub(b.add(d, size), c64(base.META_SIZE)))
+        b.ret(b.gep(scratch, [d], source_etype=I8))
+        b.position_at_end(miss)
         b.ret(null)
         return fn
 
