@@ -382,3 +382,37 @@ def test_builtins_on_random_bytes_same_as_interp(case: int, data: bytes, chunk: 
     name, params = BUILTIN_CASES[case]
     prog = builtin(name, params)
     assert run_chunks(jit, prog, data, chunk) == run_chunks(interp, prog, data, chunk)
+
+
+PRINTK_C = r"""
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+__s64 rc[6];
+char name[8] = "sensor";
+SEC("xdp") int prog(struct xdp_md *ctx) {
+    char fmt1[] = "value %d of %s (%x)\n";
+    char fmt2[] = "no conversions";
+    char fmt3[4] = {'a', 'b', 'c', 'd'};          /* no NUL: -EINVAL */
+    char fmt4[] = "bad %s";
+    char *d = (void *)(long)ctx->data;
+    rc[0] = bpf_trace_printk(fmt1, sizeof(fmt1), -42, (long)name, 255);
+    rc[1] = bpf_trace_printk(fmt2, sizeof(fmt2));
+    rc[2] = bpf_trace_printk(fmt3, sizeof(fmt3));
+    rc[3] = bpf_trace_printk(fmt4, sizeof(fmt4), 12345);   /* %s of a bad pointer */
+    rc[4] = bpf_trace_printk(fmt2, 0);
+    rc[5] = bpf_trace_printk(fmt4, sizeof(fmt4), (long)d); /* %s of chunk bytes */
+    return 2;
+}
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+def test_trace_printk_same_as_interp() -> None:
+    prog = load_object(compile_c(PRINTK_C))
+    out = []
+    for engine in (interp, jit):
+        inst = engine.load(prog)
+        inst.run_chunk(b"chunk\0", 0, True)
+        out.append((inst.read_state(), inst.trace))
+    assert out[0] == out[1]
+    assert "value -42 of sensor (ff)\n" in out[1][1]

@@ -36,7 +36,7 @@ from stord.program import toolchain
 from stord.program.model import Program
 
 # Bump when translate.py/runtime.py change what they emit, to invalidate disk caches.
-TRANSLATOR_VERSION = "2"
+TRANSLATOR_VERSION = "3"
 
 # "fast" (default): a short custom pass list; "o2": LLVM's full O2 pipeline.
 PIPELINE = os.environ.get("STORD_JIT_PIPELINE", "fast")

@@ -17,8 +17,9 @@ from stord.engines import base
 from stord.engines.jit import layout as L
 from stord.engines.jit.compile import Compiled, get_compiled
 from stord.engines.jit.runtime import CONFORMANCE_HELPERS, LINUX_HELPERS
-from stord.engines.jit.translate import ModuleTranslator
+from stord.engines.jit.translate import STACK_LO, ModuleTranslator
 from stord.errors import BudgetExceeded, CompileError, LoadError, ProgramFault
+from stord.program.isa import STACK_SIZE
 from stord.program.model import Program
 from stord.program.validate import validate
 from stord.query.state import State
@@ -77,6 +78,43 @@ class _MapStore:
                 for s in range(m.max_entries) if self.used[s]}
 
 
+M64 = (1 << 64) - 1
+
+
+class _Memory:
+    """Checked reads over an instance's regions from Python (trace_printk's format and %s
+    arguments), with the interp's Memory.read signature."""
+
+    def __init__(self, inst: JitInstance, stack_p: int, depth: int) -> None:
+        self.inst, self.stack_p, self.depth = inst, stack_p, depth
+
+    def read(self, addr: int, n: int, pc: int = -1) -> bytes:
+        inst, env = self.inst, self.inst.env
+        if n <= 0:
+            if n == 0:
+                return b""
+        else:
+            lo = base.STACK_TOP - (self.depth + 1) * STACK_SIZE
+            if lo <= addr and addr + n <= base.STACK_TOP:
+                return ctypes.string_at(self.stack_p + addr - STACK_LO, n)
+            for i, s in enumerate(inst.stores):
+                off = addr - base.map_base(i)
+                if 0 <= off and off + n <= s.m.value_size * s.m.max_entries:
+                    return ctypes.string_at(ctypes.addressof(s.values) + off, n)
+            off = addr - base.META_BASE
+            if 0 <= off and off + n <= base.META_SIZE + env.data_len:
+                chunk = bytes(inst.meta) + (ctypes.string_at(env.data, env.data_len)
+                                            if env.data_len else b"")
+                return chunk[off:off + n]
+            off = addr - base.CTX_BASE
+            if 0 <= off and off + n <= 24:
+                return bytes(inst.ctx)[off:off + n]
+            off = addr - base.MEM_BASE
+            if 0 <= off and off + n <= env.mem_len:
+                return ctypes.string_at(env.mem + off, n)
+        raise ProgramFault(f"pc {pc}: read of {n} bytes at {addr:#x}: not in any memory region")
+
+
 class JitInstance(base.Instance):
     chunk_size: ClassVar[int] = 1 << 20
 
@@ -94,6 +132,11 @@ class JitInstance(base.Instance):
         env.ctx = ctypes.addressof(self.ctx)
         env.meta = ctypes.addressof(self.meta)
         env.rng = int.from_bytes(os.urandom(8), "little") | 1
+        self.trace: list[str] = []        # bpf_trace_printk lines (bounded, as the interp)
+        self.trace_dropped = 0
+        self._trace_cb = L.TRACE_FN_TYPE(self._trace_printk)
+        env.trace_fn = ctypes.cast(self._trace_cb, ctypes.c_void_p).value
+        self._fault_message: str | None = None
         self._env_addr = ctypes.addressof(env)
         self._entry = compiled.entry
 
@@ -109,6 +152,9 @@ class JitInstance(base.Instance):
     def _raise(self) -> None:
         env = self.env
         st, pc, addr, info = env.status, env.pc, env.addr, env.info
+        if self._fault_message is not None:
+            msg, self._fault_message = self._fault_message, None
+            raise ProgramFault(msg)
         if st == L.ST_BUDGET:
             raise BudgetExceeded(f"budget of {self.budget} back-edges and calls exhausted "
                                  f"at pc {pc}")
@@ -126,6 +172,32 @@ class JitInstance(base.Instance):
         if st == L.ST_FALLTHROUGH:
             raise ProgramFault(f"execution ran past the end of a function at pc {pc}")
         raise ProgramFault(f"jit: unknown status {st} at pc {pc}")
+
+    def _trace_printk(self, env_p: int, stack_p: int, depth: int, r1: int, r2: int, r3: int,
+                      r4: int, r5: int, pc: int) -> int:
+        """bpf_trace_printk(fmt, fmt_size, a, b, c), exactly as the interp's helper."""
+        from stord.engines.interp import helpers as ih
+        try:
+            size = r2 & 0xFFFF_FFFF
+            if size == 0 or size > ih.TRACE_MAX_LEN:
+                return ih.EINVAL & M64
+            mem = _Memory(self, stack_p, depth)
+            fmt = mem.read(r1, size, pc)
+            if b"\0" not in fmt:
+                return ih.EINVAL & M64
+            text = ih.format_printk(fmt[:fmt.index(b"\0")], [r3, r4, r5], mem)
+            if len(self.trace) < ih.TRACE_LOG_LINES:
+                self.trace.append(text)
+            else:
+                self.trace_dropped += 1
+            ih.log.debug("bpf_trace_printk: %s", text.rstrip("\n"))
+            return len(text.encode())
+        except Exception as e:  # noqa: BLE001 - nothing may unwind through native code
+            self._fault_message = str(e) if isinstance(e, ProgramFault) else \
+                f"pc {pc}: bpf_trace_printk failed: {e}"
+            self.env.status = L.ST_ACCESS
+            self.env.pc = pc
+            return 0
 
     def run_chunk(self, data: bytes | memoryview, offset: int, last: bool) -> int:
         view = _PyBuffer()

@@ -26,7 +26,8 @@ MAPS = 88       # host pointer: array of MapDesc, one per Program.maps entry
 INFO = 96       # access size / helper detail for the fault message
 SCRATCH = 104   # 80 bytes: a read that straddles meta and data is assembled here
 SCRATCH_SIZE = 80
-ENV_SIZE = 184
+TRACE_FN = 184  # host pointer: the instance's bpf_trace_printk (a Python callback)
+ENV_SIZE = 192
 
 # MapDesc field offsets; one 64-byte descriptor per map.
 M_VALUES = 0    # host pointer: max_entries * value_size bytes (the map's virtual region)
@@ -58,7 +59,14 @@ class Env(ctypes.Structure):
         ("meta", ctypes.c_void_p), ("ctx", ctypes.c_void_p), ("mem", ctypes.c_void_p),
         ("mem_len", ctypes.c_uint64), ("rng", ctypes.c_uint64), ("maps", ctypes.c_void_p),
         ("info", ctypes.c_uint64), ("scratch", ctypes.c_uint8 * SCRATCH_SIZE),
+        ("trace_fn", ctypes.c_void_p),
     ]
+
+
+# u64 trace_fn(env, host stack, depth, r1, r2, r3, r4, r5, pc): r0, or a fault recorded in
+# the env (status, pc, addr, info) for the caller to pick up.
+TRACE_FN_TYPE = ctypes.CFUNCTYPE(ctypes.c_uint64, ctypes.c_void_p, ctypes.c_void_p,
+                                 *([ctypes.c_uint64] * 7))
 
 
 class MapDesc(ctypes.Structure):
@@ -72,7 +80,8 @@ class MapDesc(ctypes.Structure):
 def _check() -> None:
     named = {"status": STATUS, "pc": PC, "addr": ADDR, "budget": BUDGET, "data": DATA,
              "data_len": DATA_LEN, "meta": META, "ctx": CTX, "mem": MEM, "mem_len": MEM_LEN,
-             "rng": RNG, "maps": MAPS, "info": INFO, "scratch": SCRATCH}
+             "rng": RNG, "maps": MAPS, "info": INFO, "scratch": SCRATCH,
+             "trace_fn": TRACE_FN}
     for name, off in named.items():
         assert getattr(Env, name).offset == off, name
     assert ctypes.sizeof(Env) == ENV_SIZE

@@ -289,29 +289,27 @@ class Runtime:
         ft.set_reg(0, ft.b.call(self.ktime_fn(), []))
 
     def _trace_printk(self, ft: FunctionTranslator, pc: int) -> None:
-        """Checks the format as the interp does (-EINVAL for a size of 0 or above 1024 or
-        no NUL; a fault when unreadable) and returns the format's length up to its NUL.
-        Nothing is printed (a worker has no console) and %-conversions are not expanded,
-        so r0 differs from the interp's when the format has conversions."""
+        """bpf_trace_printk is a debugging aid, so it is the one helper that calls back into
+        Python (engine.py formats exactly as the interp and keeps the lines). Programs that
+        use it hand the host stack to that call, which costs them some optimisation."""
         b = ft.b
-        size = b.and_(ft.reg(2), c64(0xFFFF_FFFF))
-        bad_size = b.or_(b.icmp_unsigned("==", size, c64(0)),
-                         b.icmp_unsigned(">", size, c64(TRACE_MAX_LEN)))
-        start = b.block
-        check = ft.fn.append_basic_block(f"printk{pc}")
-        done = ft.fn.append_basic_block(f"printk_done{pc}")
-        b.cbranch(bad_size, done, check)
-        b.position_at_end(check)
-        p = ft.reg_ptr(pc, 1, 0, size, False)
-        n = b.call(self.strnlen_fn(), [p, size])
-        r0 = b.select(b.icmp_unsigned("<", n, size), n, neg(EINVAL))
-        checked = b.block
-        b.branch(done)
-        b.position_at_end(done)
-        phi = b.phi(I64)
-        phi.add_incoming(neg(EINVAL), start)
-        phi.add_incoming(r0, checked)
-        ft.set_reg(0, phi)
+        fnty = ir.FunctionType(I64, [PTR, PTR] + [I64] * 7)
+        fptr = ft.hoisted(("trace_fn",), lambda: ft.load_inv(
+            ft.env_ptr(L.TRACE_FN), fnty.as_pointer()))
+        args = [ft.env, ft.stack, ft.depth] + [ft.reg(i) for i in range(1, 6)] + [c64(pc)]
+        r0 = b.call(fptr, args)
+        cache = ft._cached()
+        st = ft.env_field(L.STATUS)
+        bad = ft.fn.append_basic_block(f"printk_fault{pc}")
+        cont = ft.fn.append_basic_block(f"printk_ok{pc}")
+        b.cbranch(b.icmp_unsigned("==", st, c64(0)), cont, bad)
+        b.position_at_end(bad)   # the callback recorded a fault: move it to the ctl slot
+        b.store(st, b.gep(ft.ctl, [c64(8)], source_etype=I8))
+        b.store(c64(0), ft.env_ptr(L.STATUS))
+        b.ret(c64(0))
+        b.position_at_end(cont)
+        ft.carry_cache(cache)
+        ft.set_reg(0, r0)
 
     def _prandom(self, ft: FunctionTranslator, pc: int) -> None:
         b = ft.b
@@ -543,38 +541,6 @@ class Runtime:
         b.position_at_end(tail)
         b.ret(b.select(b.icmp_unsigned("==", la, lb), c64(0),
                        b.select(b.icmp_unsigned(">", la, lb), c64(1), c64(-1))))
-        return fn
-
-    def strnlen_fn(self) -> ir.Function:
-        """i64 strnlen(p, n): index of the first NUL in p[0..n), or n."""
-        fn = self.module.globals.get("strnlen_")
-        if fn is not None:
-            return fn
-        fn = ir.Function(self.module, ir.FunctionType(I64, [PTR, I64]), "strnlen_")
-        fn.linkage = "internal"
-        p, n = fn.args
-        b = ir.IRBuilder(fn.append_basic_block())
-        entry = b.block
-        loop = fn.append_basic_block("loop")
-        body = fn.append_basic_block("body")
-        out = fn.append_basic_block("out")
-        b.branch(loop)
-        b.position_at_end(loop)
-        i = b.phi(I64)
-        i.add_incoming(c64(0), entry)
-        b.cbranch(b.icmp_unsigned("<", i, n), body, out)
-        b.position_at_end(body)
-        ch = b.load(b.gep(p, [i], source_etype=I8), typ=I8)
-        nxt = fn.append_basic_block("next")
-        found = fn.append_basic_block("found")
-        b.cbranch(b.icmp_unsigned("==", ch, ir.Constant(I8, 0)), found, nxt)
-        b.position_at_end(found)
-        b.ret(i)
-        b.position_at_end(nxt)
-        i.add_incoming(b.add(i, c64(1)), nxt)
-        b.branch(loop)
-        b.position_at_end(out)
-        b.ret(n)
         return fn
 
     # -- intrinsics and libc -------------------------------------------------------------
