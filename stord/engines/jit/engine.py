@@ -5,6 +5,10 @@ PyObject_GetBuffer(PyBUF_SIMPLE) through ctypes.pythonapi, which works for bytes
 bytearray, memoryview and read-only mmap objects alike (ctypes' from_buffer refuses read-only
 buffers), and releases it after the call. The jitted code never writes to the chunk: every
 store is checked against the writable regions only.
+
+Same results and the same failures as the interp (tests/test_jit_diff.py), except where
+the engines are specified to differ: the budget counts back-edges, calls and bpf_loop
+iterations instead of instructions, and ktime/prandom values.
 """
 
 from __future__ import annotations

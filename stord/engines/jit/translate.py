@@ -2,11 +2,14 @@
 
 Registers hold the same *virtual* addresses as in the interp engine (stord.engines.base), so
 pointer values, comparisons and faults agree between the engines. A load or store turns a
-virtual address into a host pointer by range checks against each region (stack, maps, data,
-then ctx/meta/conformance memory out of line); a failed check stores a status into the Env
-block (layout.py) and returns, so errors come back through memory, never by crashing.
-Constant addresses (globals, .rodata) fold at compile time: .rodata is a constant global
-holding the parameter values, so reading a parameter costs nothing at run time.
+virtual address into a host pointer: kinds.py knows statically where most pointers point,
+so a spill slot (r10 - 8) or a global at a constant offset needs no check at all, a pointer
+into a known map or the stack gets one inline range check, and anything else goes through
+runtime.xlate, which tries every region. A failed check calls a cold `fault` function that
+records pc and address in the Env block (layout.py), sets the status and returns, so errors
+come back through memory, never by crashing. The budget and status live in a local of
+stord_entry (`ctl`) so that, once the subprograms are inlined, they are registers.
+.rodata is a constant global holding the parameter values: reading a parameter folds.
 
 Arithmetic follows RFC 9669 with no LLVM undefined behaviour: divisors are replaced before
 udiv/sdiv (x/0 = 0, x%0 = x, INT_MIN/-1 = INT_MIN, INT_MIN%-1 = 0), shift amounts are
