@@ -147,3 +147,132 @@ def fast_engine() -> str:
         print(f"jit unavailable ({avail.get('jit')}): load test runs on interp (slow)")
         return "interp"
     pytest.skip(f"no userspace engine: jit: {avail.get('jit')}; interp: {avail.get('interp')}")
+
+
+MESSY_ROWS = [
+    ["name", "value", "group"],
+    ["plain", "1.5", "a"],
+    ["with, comma", "-2.25", "b"],
+    ['with "quotes"', "10", "a"],
+    ["multi\nline", "0.0001", "c"],
+    ["neg", "-0.5", "b"],
+    ["empty value", "", "a"],
+    ["not a number", "n/a", "c"],
+    ["big", "12345.6789", "a"],
+    ["last", "7", "b"],
+]
+
+
+@pytest.fixture(scope="session")
+def messy(data_root: Path) -> Path:
+    """RFC 4180 quoting (delimiters, quotes and a newline inside fields), CRLF, negatives,
+    an empty and an unparseable value, and no newline after the last record."""
+    p = data_root / "data" / "messy.csv"
+    import io
+    buf = io.StringIO(newline="")
+    csv.writer(buf).writerows(MESSY_ROWS)
+    p.write_bytes(buf.getvalue().encode().rstrip(b"\r\n"))
+    return p
+
+
+def oracle(name: str, path: Path, params: dict) -> object:
+    """What built-in `name` must answer, computed with the csv module and Decimal."""
+    header = bool(params.get("header", False))
+    rows = csv_rows(path, header)
+    col = params.get("column")
+    if name == "grep":
+        lines = path.read_bytes().split(b"\n")
+        if lines and lines[-1] == b"":
+            lines.pop()
+        pat = params["pattern"].encode()
+        return {"lines": len(lines), "matches": sum(pat in ln for ln in lines)}
+    if name == "count" and col is None:
+        return len(rows)
+    vals = csv_numbers(path, col, header)
+    if name == "count":
+        limit = Decimal(str(params["value"]))
+        op = {"eq": "__eq__", "ne": "__ne__", "lt": "__lt__", "le": "__le__", "gt": "__gt__",
+              "ge": "__ge__"}[params["op"]]
+        return sum(1 for v in vals if getattr(v, op)(limit))
+    if name == "sum":
+        return float(sum(vals))
+    if name == "avg":
+        return float(sum(vals) / len(vals)) if vals else None
+    if name in ("min", "max"):
+        return float((min if name == "min" else max)(vals)) if vals else None
+    if name == "hist":
+        lo, width, n = Decimal(str(params["lo"])), Decimal(str(params["width"])), params["nbuckets"]
+        counts, below, above = [0] * n, 0, 0
+        for v in vals:
+            i = int((v - lo) // width) if v >= lo else -1
+            if i < 0:
+                below += 1
+            elif i >= n:
+                above += 1
+            else:
+                counts[i] += 1
+        return {"counts": counts, "below": below, "above": above}
+    if name == "groupby":
+        key = params["key"]
+        groups: dict[str, list[Decimal]] = {}
+        for row in rows:
+            k = row[key]
+            groups.setdefault(k, [])
+            try:
+                groups[k].append(Decimal(row[col].strip()))
+            except (IndexError, InvalidOperation):
+                pass
+        return {k: {"count": len(v), "sum": float(sum(v))} for k, v in groups.items()}
+    raise AssertionError(f"no oracle for {name}")
+
+
+def same_answer(name: str, got: object, want: object) -> None:
+    """Compare a built-in's finished value with the oracle's (floats to 1e-12 relative)."""
+    if name == "hist":
+        assert isinstance(got, dict) and isinstance(want, dict)
+        assert {k: got[k] for k in ("counts", "below", "above")} == want
+    elif name == "groupby":
+        assert isinstance(got, dict) and isinstance(want, dict)
+        assert set(got) == set(want)
+        for k, w in want.items():
+            assert got[k]["count"] == w["count"]
+            assert got[k]["sum"] == pytest.approx(w["sum"], rel=1e-12, abs=1e-9)
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, rel=1e-12, abs=1e-9)
+    else:
+        assert got == want
+
+
+# (name, file fixture, params) for every built-in: columns by index and by header name
+BUILTIN_CASES = [
+    ("count", "sensors", {"header": True}),
+    ("count", "messy", {"header": True}),
+    ("count", "sensors", {"header": True, "column": 2, "op": "gt", "value": "10.5"}),
+    ("count", "messy", {"header": True, "column": 1, "op": "le", "value": 0}),
+    ("sum", "sensors", {"header": True, "column": "value"}),
+    ("sum", "messy", {"header": True, "column": 1}),
+    ("avg", "sensors", {"header": True, "column": 2}),
+    ("avg", "messy", {"header": True, "column": "value"}),
+    ("min", "sensors", {"header": True, "column": "value"}),
+    ("min", "messy", {"header": True, "column": 1}),
+    ("max", "sensors", {"header": True, "column": 2}),
+    ("max", "messy", {"header": True, "column": 1}),
+    ("hist", "sensors", {"header": True, "column": 2, "lo": -25, "width": "12.5",
+                         "nbuckets": 10}),
+    ("hist", "messy", {"header": True, "column": 1, "lo": 0, "width": 1, "nbuckets": 8}),
+    ("grep", "sensors", {"pattern": "s1"}),
+    ("grep", "messy", {"pattern": "line"}),
+    ("groupby", "sensors", {"header": True, "key": 1, "column": 2}),
+    ("groupby", "messy", {"header": True, "key": "group", "column": "value"}),
+]
+
+
+def resolve_names(params: dict, path: Path) -> dict:
+    """The oracle works with indexes: header names -> positions."""
+    out = dict(params)
+    with open(path, newline="") as f:
+        names = next(csv.reader(f))
+    for k in ("column", "key"):
+        if isinstance(out.get(k), str):
+            out[k] = names.index(out[k])
+    return out

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ALICE, csv_numbers
+from conftest import ALICE, BUILTIN_CASES, csv_numbers, oracle, resolve_names, same_answer
 from test_client import NEWLINES, REPORTS_OVERFLOW
 from test_server import OUT_OF_BOUNDS
 
@@ -168,3 +168,35 @@ def test_demo(engine) -> None:
                         engine], env=child_env(), capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "bytes scanned on the node" in p.stdout and "stopped (exit code 0)" in p.stdout
+
+
+def cli_args(name: str, path: str, params: dict) -> list[str]:
+    """The stor command line a user would type for a built-in with these parameters."""
+    p = dict(params)
+    args = [name, path]
+    if name == "grep":
+        return args + [p.pop("pattern")]
+    flags = {"column": "--column", "op": "--op", "value": "--value", "lo": "--lo",
+             "width": "--width", "nbuckets": "--buckets", "key": "--key"}
+    if p.pop("header", False):
+        args.append("--header")
+    for k, v in p.items():
+        args += [flags[k], str(v)]
+    return args
+
+
+@pytest.mark.parametrize("name, file, params", BUILTIN_CASES,
+                         ids=[f"{n}-{f}-{i}" for i, (n, f, _) in enumerate(BUILTIN_CASES)])
+def test_builtin_via_cli_matches_oracle(daemon, engine, data_root, messy, name, file,
+                                        params) -> None:
+    path = messy if file == "messy" else data_root / "data" / "sensors.csv"
+    p = run(*cli_args(name, f"data/{path.name}", params), "--engine", engine, "--json",
+            host=daemon.address)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    same_answer(name, out["result"], oracle(name, path, resolve_names(params, path)))
+    assert out["stats"]["bytes_scanned"] == path.stat().st_size
+    # and the human form prints without error
+    h = run(*cli_args(name, f"data/{path.name}", params), "--engine", engine,
+            host=daemon.address)
+    assert h.returncode == 0 and h.stdout.strip(), h.stderr

@@ -8,7 +8,16 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ALICE, HUGE_BUDGET, csv_numbers, csv_rows
+from conftest import (
+    ALICE,
+    BUILTIN_CASES,
+    HUGE_BUDGET,
+    csv_numbers,
+    csv_rows,
+    oracle,
+    resolve_names,
+    same_answer,
+)
 from stord_client import AsyncClient, Client, query_many
 from stord_client.client import prepare_program
 
@@ -234,3 +243,25 @@ def test_connection_refused_is_clear() -> None:
     s.close()  # nothing listens there now
     with pytest.raises(ConnectionRefusedError):
         Client(f"127.0.0.1:{port}").ping()
+
+
+@pytest.mark.parametrize("name, file, params", BUILTIN_CASES,
+                         ids=[f"{n}-{f}-{i}" for i, (n, f, _) in enumerate(BUILTIN_CASES)])
+def test_builtin_matches_oracle(daemon, engine, data_root, messy, name, file, params) -> None:
+    path = messy if file == "messy" else sensors(data_root)
+    with Client(daemon.address, token=ALICE) as c:
+        r = c.query(f"data/{path.name}", name, engine=engine, params=params)
+    same_answer(name, r.value, oracle(name, path, resolve_names(params, path)))
+    assert r.stats["bytes_scanned"] == path.stat().st_size
+    assert r.stats["engine"] == engine
+
+
+@pytest.mark.parametrize("name, file, params", BUILTIN_CASES[::3])
+def test_builtin_split_over_workers_matches_oracle(split_daemon, engine, data_root, messy,
+                                                   name, file, params) -> None:
+    # ranges of at most 256 bytes, record-aligned (quotes respected), merged by reduce
+    path = messy if file == "messy" else sensors(data_root)
+    with Client(split_daemon.address, token=ALICE) as c:
+        r = c.query(f"data/{path.name}", name, engine=engine, params=params)
+    assert r.stats["ranges"] >= 1 + (path.stat().st_size > 512)
+    same_answer(name, r.value, oracle(name, path, resolve_names(params, path)))
