@@ -45,29 +45,26 @@ def plan_ranges(buf: Any, parts: int, quote: int | None = 0x22) -> list[tuple[in
         return [(0, size)]
     view = buf if isinstance(buf, bytes | bytearray | mmap.mmap) else memoryview(buf).cast("B")
     cuts = [0]
-    parity = 0       # quotes seen in [0, pos)
+    parity = 0       # parity of the quotes in [0, pos)
     pos = 0
     for k in range(1, parts):
-        target = size * k // parts
-        if target <= cuts[-1]:
-            continue
-        if quote is None:
-            nl = _find(view, NEWLINE, max(target - 1, pos))
-        else:
+        target = max(size * k // parts, pos)
+        if quote is not None:
             parity ^= _count(view, quote, pos, target) & 1
-            pos = target
+        pos = target
+        while True:       # the first newline at or after pos that is outside quotes
             nl = _find(view, NEWLINE, pos)
-            while nl >= 0:
+            if nl < 0:
+                break
+            if quote is not None:
                 parity ^= _count(view, quote, pos, nl) & 1
-                pos = nl
-                if parity == 0:
-                    break
-                nl = _find(view, NEWLINE, nl + 1)
+            pos = nl + 1
+            if parity == 0:
+                break
         if nl < 0:
             break
-        cut = nl + 1
-        if cut > cuts[-1] and cut < size:
-            cuts.append(cut)
+        if cuts[-1] < pos < size:
+            cuts.append(pos)
     cuts.append(size)
     return [(a, b) for a, b in zip(cuts, cuts[1:], strict=False) if b > a] or [(0, size)]
 
