@@ -212,11 +212,38 @@ def _scalar(v: Any) -> str:
     return str(v)
 
 
+def format_hist(v: dict[str, Any]) -> str:
+    counts, edges = v.get("counts", []), v.get("edges", [])
+    top = max([*counts, v.get("below", 0), v.get("above", 0), 1])
+    rows = [("below " + _scalar(edges[0]) if edges else "below", v.get("below", 0))]
+    rows += [(f"[{_scalar(edges[i])}, {_scalar(edges[i + 1])})", c) for i, c in enumerate(counts)
+             if i + 1 < len(edges)]
+    rows.append(("from " + _scalar(edges[-1]) if edges else "above", v.get("above", 0)))
+    w = max(len(label) for label, _ in rows)
+    lines = [f"{label:>{w}}  {c:>10}  {'#' * round(40 * c / top)}" for label, c in rows]
+    return "\n".join(lines)
+
+
+def format_groups(v: dict[Any, Any]) -> str:
+    cols = ("rows", "count", "sum", "avg", "min", "max")
+    table = [["key", *cols]] + [[str(k), *(_scalar(g.get(c)) for c in cols)]
+                                for k, g in sorted(v.items(), key=lambda kv: str(kv[0]))]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return "\n".join("  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i])
+                               for i, cell in enumerate(row)) for row in table)
+
+
 def print_result(cmd: str, r: Result, as_json: bool) -> None:
     if as_json:
         print(json.dumps({"result": r.value, "stats": r.stats}, default=_json_default))
         return
-    print(format_value(r.value))
+    v = r.value
+    if cmd == "hist" and isinstance(v, dict) and "counts" in v:
+        print(format_hist(v))
+    elif cmd == "groupby" and isinstance(v, dict) and all(isinstance(g, dict) for g in v.values()):
+        print(format_groups(v))
+    else:
+        print(format_value(v))
     s = r.stats
     scanned, returned = int(s.get("bytes_scanned", 0)), int(s.get("bytes_returned", 0))
     extra = f", {s['skipped']} values skipped (not numbers)" if s.get("skipped") else ""
