@@ -293,3 +293,15 @@ def test_reads_across_meta_and_chunk_match_interp(off: int, size: int) -> None:
         except ProgramFault:
             got.append("fault")
     assert got[0] == got[1]
+
+
+def test_new_parameters_reuse_the_translation_but_not_the_code() -> None:
+    """A second parameter set skips translation (template) yet gets its own constants."""
+    jit_compile.clear_memory_cache()
+    base_prog = load_object(builtin_object("hist"))
+    results = {}
+    for lo in (-100000, 0, 50000):
+        prog = base_prog.with_params(col=2, header=1, lo=lo, width=5000, nbuckets=8)
+        results[lo] = run(jit, prog, CSV)
+        assert results[lo] == run(interp, prog, CSV)
+    assert len({repr(r) for r in results.values()}) == 3

@@ -30,13 +30,14 @@ from pathlib import Path
 import llvmlite
 import llvmlite.binding as llvm
 
-from stord.engines.jit.translate import ENTRY_NAME, ModuleTranslator
+from stord.engines.jit.translate import ENTRY_NAME, ModuleTranslator, rodata_line
 from stord.errors import CompileError
 from stord.program import toolchain
+from stord.program.isa import encode
 from stord.program.model import Program
 
 # Bump when translate.py/runtime.py change what they emit, to invalidate disk caches.
-TRANSLATOR_VERSION = "3"
+TRANSLATOR_VERSION = "4"
 
 # "fast" (default): a short custom pass list; "o2": LLVM's full O2 pipeline.
 PIPELINE = os.environ.get("STORD_JIT_PIPELINE", "fast")
@@ -119,8 +120,42 @@ def cache_dir() -> Path | None:
     return toolchain.cache_dir() / "jit"
 
 
+_templates: OrderedDict[str, str] = OrderedDict()
+TEMPLATE_ENTRIES = 32
+
+
+def template_key(prog: Program, helpers: str) -> str:
+    """The program without the bytes of its read-only maps: what the IR text depends on."""
+    h = hashlib.sha256(_build_tag())
+    h.update(helpers.encode() + b"\0" + encode(prog.insns))
+    for m in prog.maps:
+        ro = ModuleTranslator.is_readonly(m)
+        h.update(repr((m.name, m.type, m.key_size, m.value_size, m.max_entries, m.flags,
+                       ro)).encode())
+        h.update(b"" if ro else (m.initial or b""))
+    return h.hexdigest()
+
+
 def build_ir(prog: Program, helpers: str) -> str:
-    return str(ModuleTranslator(prog, helpers).build())
+    """The module text. Translation is the slow Python part and does not depend on the
+    parameter values, so it is done once per program and helper set (a template kept in
+    memory) and each parameter set only fills in the .rodata initialisers."""
+    key = template_key(prog, helpers)
+    text = _templates.get(key)
+    if text is None:
+        text = str(ModuleTranslator(prog, helpers).build())
+        _templates[key] = text
+        while len(_templates) > TEMPLATE_ENTRIES:
+            _templates.popitem(last=False)
+    else:
+        _templates.move_to_end(key)
+    for i, m in enumerate(prog.maps):
+        if ModuleTranslator.is_readonly(m):
+            blank, filled = rodata_line(prog, i)
+            if blank not in text:
+                raise CompileError(f"jit: no .rodata global for map {i} in the template")
+            text = text.replace(blank, filled, 1)
+    return text
 
 
 def optimise(ir_text: str) -> llvm.ModuleRef:

@@ -178,12 +178,15 @@ class ModuleTranslator:
             # inlining lets constant arguments (callbacks, map handles, depth) fold; the
             # pass pipeline has only the always-inliner, so this choice is final
             self.subs[s].fn.attributes.add("alwaysinline")
+        # .rodata (the parameters) as constant globals. The rest of the translation does not
+        # depend on their bytes, so a template (zeroinitializer) can be filled in later:
+        # see rodata_line() and compile.build_ir.
         self.rodata: dict[int, ir.GlobalVariable] = {}
         for i, m in enumerate(prog.maps):
             if self.is_readonly(m):
-                data = (m.initial or b"").ljust(m.value_size * m.max_entries, b"\0")
-                g = ir.GlobalVariable(self.module, ir.ArrayType(I8, len(data)), f"rodata_{i}")
-                g.initializer = ir.Constant(ir.ArrayType(I8, len(data)), bytearray(data))
+                ty = ir.ArrayType(I8, m.value_size * m.max_entries)
+                g = ir.GlobalVariable(self.module, ty, f"rodata_{i}")
+                g.initializer = ir.Constant(ty, None)
                 g.global_constant = True
                 g.linkage = "internal"
                 self.rodata[i] = g
@@ -257,6 +260,16 @@ class ModuleTranslator:
         unwound = b.icmp_unsigned("==", status, c64(L.ST_UNWIND))
         b.store(b.select(unwound, zero, status), b.gep(env, [c64(L.STATUS)], source_etype=I8))
         b.ret(b.select(unwound, zero, r0))
+
+
+def rodata_line(prog: Program, index: int) -> tuple[str, str]:
+    """(template line, filled line) of map `index`'s constant global in the module text."""
+    m = prog.maps[index]
+    size = m.value_size * m.max_entries
+    data = (m.initial or b"").ljust(size, b"\0")[:size]
+    ty = ir.ArrayType(I8, size)
+    head = f'@"rodata_{index}" = internal constant '
+    return head + str(ir.Constant(ty, None)), head + str(ir.Constant(ty, bytearray(data)))
 
 
 class FunctionTranslator:
