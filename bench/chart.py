@@ -35,7 +35,8 @@ def draw(res: dict[str, Any], out: Path) -> Path:
             ax.set_title(f"avg of one column, {res['dataset']['size'] / 1e6:.0f} MB CSV "
                          "(blue: stord, red: C baseline)")
             for y, v in enumerate(vals):
-                ax.text(v, y, f" {v:,.1f}", va="center", fontsize=8)
+                ax.text(v, y, f" {v:,.1f}" if v >= 100 else f" {v:.3g}", va="center",
+                        fontsize=8)
         elif panel == "pushdown":
             groups: dict[str, list[float]] = {}
             for r in res["pushdown"]:
@@ -54,6 +55,7 @@ def draw(res: dict[str, Any], out: Path) -> Path:
             xs = [c["clients"] for c in conc]
             ax.plot(xs, [c["qps"] for c in conc], "o-", label="queries/s")
             ax.set_xscale("log", base=2)
+            ax.set_xticks(xs, [str(x) for x in xs])
             ax.set_xlabel("concurrent clients")
             ax.set_ylabel("queries/s")
             ax2 = ax.twinx()
