@@ -113,7 +113,7 @@ def test_damaged_disk_cache_entry_is_recompiled(tmp_path: Path,
     prog = stats(col=2, header=1, scale=4)
     jit_compile.clear_memory_cache()
     jit.load(prog)
-    for f in tmp_path.glob("*.o"):
+    for f in [*tmp_path.glob("*.o"), *tmp_path.glob("*.ll")]:
         f.write_bytes(b"not an object file")
     jit_compile.clear_memory_cache()
     inst = jit.load(prog)

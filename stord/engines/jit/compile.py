@@ -136,14 +136,17 @@ def template_key(prog: Program, helpers: str) -> str:
     return h.hexdigest()
 
 
-def build_ir(prog: Program, helpers: str) -> str:
+def build_ir(prog: Program, helpers: str, fresh: bool = False) -> str:
     """The module text. Translation is the slow Python part and does not depend on the
     parameter values, so it is done once per program and helper set (a template kept in
     memory) and each parameter set only fills in the .rodata initialisers."""
     key = template_key(prog, helpers)
-    text = _templates.get(key)
+    text = None if fresh else _templates.get(key)
     if text is None:
-        text = str(ModuleTranslator(prog, helpers).build())
+        raw = None if fresh else _disk_read(key, ".ll")
+        text = raw.decode() if raw is not None else str(ModuleTranslator(prog, helpers).build())
+        if raw is None:
+            _disk_write(key, text.encode(), ".ll")
         _templates[key] = text
         while len(_templates) > TEMPLATE_ENTRIES:
             _templates.popitem(last=False)
@@ -191,7 +194,11 @@ def optimise(ir_text: str) -> llvm.ModuleRef:
 
 
 def compile_object(prog: Program, helpers: str) -> bytes:
-    return target_machine().emit_object(optimise(build_ir(prog, helpers)))
+    try:
+        mod = optimise(build_ir(prog, helpers))
+    except CompileError:
+        mod = optimise(build_ir(prog, helpers, fresh=True))   # a damaged cached template
+    return target_machine().emit_object(mod)
 
 
 _lljit: llvm.LLJIT | None = None
@@ -219,17 +226,17 @@ def _load(key: str, obj: bytes, seconds: float, source: str) -> Compiled:
     return Compiled(key, ENTRY_TYPE(addr), tracker, seconds, source)
 
 
-def _disk_read(key: str) -> bytes | None:
+def _disk_read(key: str, suffix: str = ".o") -> bytes | None:
     d = cache_dir()
     if d is None:
         return None
     try:
-        return (d / f"{key}.o").read_bytes()
+        return (d / f"{key}{suffix}").read_bytes()
     except OSError:
         return None
 
 
-def _disk_write(key: str, obj: bytes) -> None:
+def _disk_write(key: str, obj: bytes, suffix: str = ".o") -> None:
     d = cache_dir()
     if d is None:
         return
@@ -238,7 +245,7 @@ def _disk_write(key: str, obj: bytes) -> None:
         fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(obj)
-        os.replace(tmp, d / f"{key}.o")
+        os.replace(tmp, d / f"{key}{suffix}")
     except OSError:
         pass  # a read-only or full cache directory only costs a recompile
 
@@ -280,5 +287,7 @@ def get_compiled(prog: Program, helpers: str,
 
 
 def clear_memory_cache() -> None:
+    """Forget compiled code and translation templates kept in this process."""
     with _lock:
         _memory.clear()
+        _templates.clear()
