@@ -276,3 +276,13 @@ def resolve_names(params: dict, path: Path) -> dict:
         if isinstance(out.get(k), str):
             out[k] = names.index(out[k])
     return out
+
+
+@pytest.fixture(scope="session", params=["interp", "jit"])
+def sandbox_engine(request: pytest.FixtureRequest) -> str:
+    """Userspace engines that must contain hostile programs: each one in turn."""
+    from stord.engines.base import available_engines
+    reason = available_engines().get(request.param)
+    if reason is not None:
+        pytest.skip(f"{request.param} engine not available: {reason}")
+    return request.param

@@ -202,7 +202,8 @@ def test_program_over_limits(daemon_factory, engine) -> None:
         assert c.ping()["version"]
 
 
-def test_endless_loop_stopped_by_budget(daemon, engine) -> None:
+def test_endless_loop_stopped_by_budget(daemon, sandbox_engine) -> None:
+    engine = sandbox_engine
     with Client(daemon.address, token=ALICE) as c:
         with pytest.raises(StordError) as e:
             c.query("data/sensors.csv", ENDLESS, engine=engine)
@@ -211,7 +212,8 @@ def test_endless_loop_stopped_by_budget(daemon, engine) -> None:
 
 
 @pytest.mark.parametrize("src", [OUT_OF_BOUNDS, WILD_POINTER], ids=["oob", "wild"])
-def test_hostile_memory_access_faults(daemon, engine, src) -> None:
+def test_hostile_memory_access_faults(daemon, sandbox_engine, src) -> None:
+    engine = sandbox_engine
     with Client(daemon.address, token=ALICE) as c:
         with pytest.raises(StordError) as e:
             c.query("data/sensors.csv", src, engine=engine)
@@ -241,9 +243,11 @@ def test_bad_c_source_and_bad_elf(daemon, engine) -> None:
         assert code_of(e) == "load_error"
 
 
-def test_cpu_limit_kills_runaway_worker(daemon_factory, engine) -> None:
-    # A budget too large to matter: only the CPU-time watchdog can stop this program.
-    d = daemon_factory("cpu", limits="query_cpu_seconds = 1.5", budget=HUGE_BUDGET)
+def test_cpu_limit_kills_runaway_worker(daemon_factory, sandbox_engine) -> None:
+    # A budget too large to matter: only the CPU-time watchdog can stop this program
+    # (in the jit it is native code that never returns to Python).
+    engine = sandbox_engine
+    d = daemon_factory(f"cpu-{engine}", limits="query_cpu_seconds = 1.5", budget=HUGE_BUDGET)
     with Client(d.address, token=ALICE) as c:
         with pytest.raises(StordError) as e:
             c.query("data/sensors.csv", ENDLESS, engine=engine)
@@ -389,3 +393,19 @@ def test_memory_limit_kills_worker(daemon_factory, engine) -> None:
             c.query("data/sensors.csv", ENDLESS, engine=engine)
         assert code_of(e) == "limit_exceeded" and "memory" in str(e.value)
         assert c.ping()["version"]
+
+
+@pytest.mark.parametrize("src", [ENDLESS, OUT_OF_BOUNDS, WILD_POINTER])
+def test_kernel_engine_refuses_hostile_programs(daemon, src) -> None:
+    from stord.engines.base import available_engines
+    reason = available_engines().get("kernel")
+    if reason is not None:
+        pytest.skip(f"kernel engine unavailable: {reason}")
+    with Client(daemon.address, token=ALICE) as c:
+        with pytest.raises(StordError) as e:
+            c.query("data/sensors.csv", src, engine="kernel")
+        assert code_of(e) == "verifier_rejected"
+        fine = "#include <linux/bpf.h>\n#include <bpf/bpf_helpers.h>\n__u64 n;\n" \
+               "SEC(\"xdp\") int ok(struct xdp_md *ctx) { n++; return XDP_PASS; }\n" \
+               "char LICENSE[] SEC(\"license\") = \"GPL\";\n"
+        assert c.query("data/sensors.csv", fine, engine="kernel").value == {"n": 1}
