@@ -30,7 +30,7 @@ def _ms(x: float | None) -> str:
 def _ratio(x: float | None) -> str:
     if not x:
         return "—"
-    return f"{x:.2f}×" if x >= 0.01 else f"{x:.2g}×"
+    return f"{x:#.3g}×" if x < 100 else f"{x:,.0f}×"
 
 
 def _table(head: list[str], rows: list[list[str]]) -> str:
