@@ -416,3 +416,49 @@ def test_trace_printk_same_as_interp() -> None:
         out.append((inst.read_state(), inst.trace))
     assert out[0] == out[1]
     assert "value -42 of sensor (ff)\n" in out[1][1]
+
+
+@st.composite
+def looping_program(draw) -> list[Insn]:
+    """A counted loop (r6) around random code, calling a random subprogram each time;
+    the subprogram gets r1 (memory) and a random r2 and may fault or divide by zero."""
+    def body(n_min: int) -> list[Insn]:
+        out: list[Insn] = []
+        for piece in draw(st.lists(st.one_of(alu(), memop()), min_size=n_min, max_size=8)):
+            for ins in piece:
+                # keep r1 (memory), r6 (loop counter) and r9 (saved r1) intact
+                if ins.cls in (isa.ALU, isa.ALU64, isa.LDX) and ins.dst in (1, 6, 9):
+                    ins = ins._replace(dst=7)
+                if ins.cls == isa.STX and ins.op & 0xE0 == isa.ATOMIC and \
+                        ins.src in (1, 6, 9):
+                    ins = ins._replace(src=8)
+                out.append(ins)
+        return out
+
+    main = body(0)
+    sub = body(1)
+    count = draw(st.integers(1, 5))
+    prog = [Insn(isa.ALU64 | isa.MOV | isa.X, 9, 1),
+            Insn(isa.ALU64 | isa.MOV | isa.K, 6, 0, 0, count)]
+    loop_start = len(prog)
+    prog += main
+    prog += [Insn(isa.ALU64 | isa.MOV | isa.X, 1, 9),
+             Insn(isa.ALU64 | isa.MOV | isa.K, 2, 0, 0, draw(imm))]
+    call_at = len(prog)
+    prog.append(Insn(isa.CALL_OP, 0, isa.PSEUDO_CALL, 0, 0))   # patched below
+    prog += [Insn(isa.ALU64 | isa.ADD | isa.X, 8, 0),
+             Insn(isa.ALU64 | isa.SUB | isa.K, 6, 0, 0, 1)]
+    back = len(prog)
+    prog.append(Insn(isa.JMP | isa.JNE | isa.K, 6, 0, loop_start - back - 1, 0))
+    prog += [Insn(isa.ALU64 | isa.MOV | isa.X, 0, 8), Insn(isa.EXIT_OP)]
+    sub_start = len(prog)
+    prog[call_at] = Insn(isa.CALL_OP, 0, isa.PSEUDO_CALL, 0, sub_start - call_at - 1)
+    prog += sub + [Insn(isa.ALU64 | isa.XOR | isa.X, 0, 2), Insn(isa.EXIT_OP)]
+    return prog
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(looping_program(), st.binary(min_size=MEM_SIZE, max_size=MEM_SIZE))
+def test_random_loops_and_calls_same_as_interp(insns: list[Insn], mem: bytes) -> None:
+    prog = Program(name="random", section="", insns=insns)
+    assert outcome(jit, prog, mem=mem) == outcome(interp, prog, mem=mem)
