@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stord.engines.base import get_engine
+from stord.engines.base import DEFAULT_BUDGET, get_engine
 from stord.engines.kernel.engine import KernelEngine, verify_program
 from stord.errors import LoadError, ValidationError, VerifierError
 from stord.program import isa
@@ -28,6 +28,8 @@ from stord.program.elf import load_object
 from stord.program.isa import Insn
 from stord.program.model import MAP_ARRAY, MAP_HASH, MapDef, Program
 from stord.program.toolchain import builtin_object, compile_c
+from stord.query.builtins import OPS, grep_dfa
+from stord.query.executor import execute
 from stord.query.state import decode
 
 REASON = KernelEngine.probe()
@@ -217,7 +219,8 @@ def test_long_chunk_runs_in_pieces_the_kernel_can_take(kernel, linestats) -> Non
 # -- built-in programs: kernel vs interp on generated CSV ----------------------------------
 
 BUILTIN_PARAMS = {
-    "count": {"col": 2, "header": 1},
+    "count": {"col": 2, "header": 1, "op": OPS["gt"], "value": 1234},
+    "grep": {"needle_len": 2, "dfa": grep_dfa(b"s1")},
     "stats": {"col": 2, "header": 1},
     "hist": {"col": 2, "header": 1, "lo": -5000, "width": 2500, "nbuckets": 8},
     "groupby": {"col": 2, "key_col": 1, "header": 1},
@@ -260,16 +263,30 @@ csv_rows = st.lists(st.tuples(st.sampled_from(["s0", "s1", "s2", "\"q,x\""]), va
 @pytest.mark.parametrize("name", sorted(BUILTIN_PARAMS))
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow,
           HealthCheck.function_scoped_fixture])
-@given(rows=csv_rows, cuts=cut_lists)
-def test_builtin_matches_interp(kernel, builtins, name, rows, cuts) -> None:
+@given(rows=csv_rows, chunk=st.integers(min_value=100, max_value=3520), final_lf=st.booleans())
+def test_builtin_matches_interp(builtins, tmp_path, name, rows, chunk, final_lf) -> None:
+    """The executor over a file, chunk by chunk, on both engines: equal decoded states.
+    (chunk >= 100: the interp engine is slow per chunk; short chunks are tested above.)"""
     prog = builtin_for_kernel(builtins, name)
     lines = ["id,sensor,value,flag"] + [f"{i},{k},{v},{i % 2}" for i, (k, v) in enumerate(rows)]
-    data = ("\n".join(lines) + "\n").encode()
-    chunks = split(data, cuts)
-    k_verdicts, k_state = run(kernel, prog, chunks)
-    i_verdicts, i_state = run(get_engine("interp"), prog, chunks)
-    assert k_verdicts == i_verdicts
-    assert k_state == i_state
+    path = tmp_path / f"{name}.csv"
+    path.write_bytes(("\n".join(lines) + ("\n" if final_lf else "")).encode())
+    k = execute(prog, str(path), engine="kernel", budget=DEFAULT_BUDGET, chunk_size=chunk)
+    i = execute(prog, str(path), engine="interp", budget=DEFAULT_BUDGET, chunk_size=chunk)
+    assert k["engine"] == "kernel" and k["chunks"] == i["chunks"]
+    assert k["state"] == i["state"]
+
+
+def test_executor_runs_kernel_chunks_of_the_engines_size(kernel, linestats, tmp_path) -> None:
+    data = b"".join(b"%d,%d\n" % (i, i * 7 % 13) for i in range(2000))
+    path = tmp_path / "lines.csv"
+    path.write_bytes(data)
+    k = execute(linestats, str(path), engine="kernel", budget=DEFAULT_BUDGET)
+    i = execute(linestats, str(path), engine="interp", budget=DEFAULT_BUDGET,
+                chunk_size=kernel.chunk_size)
+    assert k["chunks"] == -(-len(data) // kernel.chunk_size)
+    assert k["state"] == i["state"]
+    assert k["state"]["lines"] == 2000 and k["state"]["bytes_seen"] == len(data)
 
 
 def length_program() -> Program:
@@ -415,7 +432,7 @@ def test_kernel_objects_are_released(kernel, linestats) -> None:
 @pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) not installed")
 def test_probe_names_the_missing_capability() -> None:
     """Without CAP_BPF/CAP_SYS_ADMIN the probe says why, and get_engine refuses cleanly."""
-    code = ("from stord.engines.base import get_engine\n"
+    code = ("from stord.engines.base import DEFAULT_BUDGET, get_engine\n"
             "from stord.engines.kernel.engine import KernelEngine\n"
             "from stord.errors import EngineUnavailable\n"
             "print(KernelEngine.probe())\n"
