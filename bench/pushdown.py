@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -92,7 +93,7 @@ def stord_config(path: Path, export_dir: str, engine: str, workers: int) -> Path
 
 
 def run(ds: Dataset, rates: list[str], runs: int, engine: str = "jit", workers: int = 0,
-        log: object = print) -> tuple[list[LinkRun], list[str]]:
+        log: Callable[[str], None] = print) -> tuple[list[LinkRun], list[str]]:
     """All runs for every rate; returns the runs and the problems met (never raises for a
     failing method, so the rest of the benchmark still reports)."""
     py = sys.executable
