@@ -234,3 +234,15 @@ def test_length_prefixed_garbage_does_not_hang(daemon):
     finally:
         c.close()
     still_serving(daemon)
+
+
+def test_idle_half_sent_connection_is_closed(daemon_factory):
+    d = daemon_factory("idle", limits="idle_seconds = 1")
+    c = RawRPC(d.address)
+    try:
+        c.send_raw(msgpack.packb([0, 1, "ping", []])[:3])  # a request that never completes
+        assert c.closed_by_peer()
+    finally:
+        c.close()
+    still_serving(d)
+    assert any(r["event"] == "idle_close" for r in d.log_lines())

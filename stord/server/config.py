@@ -39,6 +39,7 @@ class Limits:
     max_result_bytes: int = 1 << 20       # the packed reply of one query
     max_request_bytes: int = 4 << 20      # one msgpack-RPC message (program included)
     max_connections: int = 1024
+    idle_seconds: float = 300.0           # a connection with nothing in flight is closed after
 
 
 @dataclass(frozen=True)

@@ -179,8 +179,15 @@ class Daemon:
         self.counters.connections_total += 1
         unpacker = rpc.make_unpacker(self.config.limits.max_request_bytes)
         try:
+            idle = self.config.limits.idle_seconds
             while not conn.closed:
-                data = await reader.read(1 << 16)
+                try:
+                    # nothing in flight: a silent (or half-sent) connection is let go
+                    data = await asyncio.wait_for(reader.read(1 << 16),
+                                                  None if conn.tasks else idle)
+                except TimeoutError:
+                    self.log("idle_close", peer=conn.peer, idle=idle)
+                    break
                 if not data:
                     break
                 try:
@@ -435,7 +442,7 @@ class Daemon:
                     "budget": lim.instruction_budget, "max_insns": lim.max_program_insns,
                     "max_map_bytes": lim.max_map_bytes,
                     "verify_kernel": self.config.require_kernel_verifier}
-            ranges = await self._plan(r, size, rng, owner)
+            ranges = await self._plan(r, size, rng, owner, progress)
             merged, elapsed_w = await self._run_ranges(conn, msgid, task, ranges, owner,
                                                        progress, size)
         finally:
@@ -510,10 +517,12 @@ class Daemon:
         return "c", prog, "c:" + hashlib.sha256(prog.encode()).hexdigest()[:16]
 
     async def _plan(self, r: Resolved, size: int, rng: list[int] | None,
-                    owner: Owner) -> list[tuple[int, int]]:
+                    owner: Owner, progress: bool) -> list[tuple[int, int]]:
         if rng is not None:
             return [(rng[0], rng[1])]
         parts = max(self.pool.size, math.ceil(size / self.config.range_bytes))
+        if progress:  # finer ranges: a progress bar that moves more than once per worker
+            parts = max(parts, 4 * self.pool.size)
         if size <= self.config.split_bytes or parts <= 1:
             return [(0, size)]
         ranges = await self._task({"op": "plan", "path": str(r.path), "parts": parts}, owner)
