@@ -7,6 +7,7 @@ own messages. Skipped, with the probe's reason, where bpf(2) cannot load and run
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
@@ -20,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stord.engines.base import DEFAULT_BUDGET, get_engine
+from stord.engines.kernel import bpf
 from stord.engines.kernel.engine import KernelEngine, verify_program
 from stord.errors import LoadError, ValidationError, VerifierError
 from stord.program import isa
@@ -375,6 +377,31 @@ def test_rejection_names_the_c_source_line(linestats) -> None:
     msg = str(e.value)
     assert "outside of the packet" in msg.splitlines()[0]
     assert "c = *p; @ program.c:" in msg
+
+
+def test_log_buffer_grows_to_the_size_the_kernel_reports() -> None:
+    insns = isa.encode([Insn(0x61, 2, 1, 0), Insn(0xB7, 3, 0, 0, 5), Insn(0x0F, 2, 3),
+                        Insn(0x71, 0, 2, 0), Insn(0x95)])
+    with pytest.raises(bpf.LoadFailed) as small:
+        bpf.prog_load(insns, "GPL", log_level=bpf.LOG_LEVEL1, log_size=64)
+    with pytest.raises(bpf.LoadFailed) as big:
+        bpf.prog_load(insns, "GPL", log_level=bpf.LOG_LEVEL1, log_size=1 << 20)
+    assert small.value.errno == big.value.errno == errno.EACCES   # not ENOSPC
+    assert small.value.log == big.value.log
+    assert len(big.value.log) > 64 and "invalid access to packet" in big.value.log
+
+
+def test_gpl_only_helper_needs_a_gpl_license(kernel) -> None:
+    """The license reaches the kernel: bpf_trace_printk (6) is GPL-only."""
+    def printk(license: str) -> Program:
+        return Program(name="p", section="xdp", license=license, insns=[
+            Insn(0xB7, 1, 0, 0, 0), Insn(0x7B, 10, 1, -8), Insn(0xBF, 1, 10),
+            Insn(0x07, 1, 0, 0, -8), Insn(0xB7, 2, 0, 0, 1), Insn(0x85, 0, 0, 0, 6),
+            Insn(0xB7, 0, 0, 0, 2), Insn(0x95)])
+    with kernel.load(printk("GPL")) as inst:
+        assert inst.run_chunk(b"", 0, True) == 2
+    with pytest.raises(VerifierError, match="GPL"):
+        kernel.load(printk("Proprietary"))
 
 
 def test_too_complex_program_reports_the_instruction_limit() -> None:

@@ -234,7 +234,7 @@ def prog_load(insns: bytes, license: str, *, name: str = "", prog_type: int = PR
     size the kernel reports (log_true_size) when it did not fit (ENOSPC): the kernel
     refuses to create a program whose log was truncated."""
     code = ctypes.create_string_buffer(insns, len(insns))
-    lic = ctypes.create_string_buffer(license.encode() or b"GPL")
+    lic = ctypes.create_string_buffer(license.encode())  # "" = not GPL: the kernel decides
     fi = None
     if func_info:
         fi = (FuncInfo * len(func_info))(*(FuncInfo(off, tid) for off, tid in func_info))
