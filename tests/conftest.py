@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import csv
 import random
+import re
 import sys
 from collections.abc import Callable, Iterator
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -125,14 +126,22 @@ def csv_rows(path: Path, header: bool = True, delimiter: str = ",") -> list[list
     return rows[1:] if header else rows
 
 
+# What stord calls a number (bpf/README.md): [+-]digits[.digits], one digit run may be
+# empty; no exponent, no spaces. Everything else is skipped (or empty), never folded in.
+NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)")
+
+
+def number(field: str) -> Decimal | None:
+    return Decimal(field) if NUMBER.fullmatch(field) else None
+
+
 def csv_numbers(path: Path, column: int, header: bool = True) -> list[Decimal]:
-    """The column's values that parse as decimals (the rest is what stord calls skipped)."""
+    """The column's values that are numbers (the rest is what stord calls skipped)."""
     out = []
     for row in csv_rows(path, header):
-        try:
-            out.append(Decimal(row[column].strip()))
-        except (IndexError, InvalidOperation):
-            pass
+        v = number(row[column]) if column < len(row) else None
+        if v is not None:
+            out.append(v)
     return out
 
 
@@ -218,10 +227,9 @@ def oracle(name: str, path: Path, params: dict) -> object:
         for row in rows:
             k = row[key]
             groups.setdefault(k, [])
-            try:
-                groups[k].append(Decimal(row[col].strip()))
-            except (IndexError, InvalidOperation):
-                pass
+            v = number(row[col]) if col < len(row) else None
+            if v is not None:
+                groups[k].append(v)
         return {k: {"count": len(v), "sum": float(sum(v))} for k, v in groups.items()}
     raise AssertionError(f"no oracle for {name}")
 
