@@ -266,17 +266,6 @@ def prog_load(insns: bytes, license: str, *, name: str = "", prog_type: int = PR
             raise LoadFailed(e, _log_text(log)) from None
 
 
-def test_run(prog_fd: int, data: bytes, ctx: ctypes.Structure | None = None) -> int:
-    """One BPF_PROG_TEST_RUN over `data` with an optional input context; returns retval."""
-    d = ctypes.create_string_buffer(data, len(data))
-    attr = TestRunAttr(prog_fd=prog_fd, data_in=_addr(d), data_size_in=len(data), repeat=1)
-    if ctx is not None:
-        attr.ctx_in = ctypes.addressof(ctx)
-        attr.ctx_size_in = ctypes.sizeof(ctx)
-    sys_bpf(PROG_TEST_RUN, attr)
-    return attr.retval
-
-
 class TestRunner:
     """Repeated BPF_PROG_TEST_RUN of one program over data placed in one reusable buffer
     (the per-run cost is then the syscall, not Python allocations)."""

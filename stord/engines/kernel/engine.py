@@ -75,6 +75,7 @@ from stord.program.isa import (
     PSEUDO_MAP_FD,
     PSEUDO_MAP_VALUE,
     RSH,
+    SUB,
     Insn,
     K,
     W,
@@ -446,7 +447,11 @@ class KernelEngine(Engine):
 
 
 def _probe() -> str | None:
-    code = encode([Insn(ALU64 | MOV | K, 0, 0, 0, 2), Insn(EXIT_OP)])
+    """Load r0 = data_end - data and run it: on an empty chunk (padding rule) and on a
+    full one (the kernel must keep chunk_size bytes linear, or programs would silently
+    see less than their chunk)."""
+    code = encode([Insn(LDX | MEM | W, 2, 1, 0), Insn(LDX | MEM | W, 0, 1, 4),
+                   Insn(ALU64 | SUB | X, 0, 2), Insn(EXIT_OP)])
     try:
         fd, _ = bpf.prog_load(code, "GPL", name="stord_probe")
     except bpf.LoadFailed as e:
@@ -455,10 +460,14 @@ def _probe() -> str | None:
     except OSError as e:
         return f"bpf(2) unavailable: {e}"
     try:
-        ctx = bpf.XdpMd(data=META_SIZE, data_end=META_SIZE)
-        r = bpf.test_run(fd, bytes(META_SIZE + ETH_HLEN), ctx)
-        if r != 2:
-            return f"BPF_PROG_TEST_RUN returned {r}, expected 2"
+        runner = bpf.TestRunner(fd, LINEAR_MAX)
+        if runner.run(META_SIZE + ETH_HLEN, META_SIZE, META_SIZE) != 0:
+            return "BPF_PROG_TEST_RUN does not honour ctx_in.data_end"
+        n = KernelEngine.chunk_size
+        got = runner.run(META_SIZE + n, META_SIZE, META_SIZE + n)
+        if got != n:
+            return f"BPF_PROG_TEST_RUN keeps only {got} bytes of XDP data linear " \
+                   f"(the kernel engine needs {n})"
     except bpf.BpfError as e:
         return f"BPF_PROG_TEST_RUN failed: {errno.errorcode.get(e.errno or 0, '?')} " \
                f"({e.strerror})"
