@@ -409,3 +409,19 @@ def test_kernel_engine_refuses_hostile_programs(daemon, src) -> None:
                "SEC(\"xdp\") int ok(struct xdp_md *ctx) { n++; return XDP_PASS; }\n" \
                "char LICENSE[] SEC(\"license\") = \"GPL\";\n"
         assert c.query("data/sensors.csv", fine, engine="kernel").value == {"n": 1}
+
+
+def test_log_formats() -> None:
+    import io
+    import json
+
+    from stord.server.log import Log
+    buf = io.StringIO()
+    Log("json", buf)("query", path="data/a b.csv", bytes_scanned=10)
+    rec = json.loads(buf.getvalue())
+    assert rec["event"] == "query" and rec["path"] == "data/a b.csv" and rec["level"] == "info"
+    buf = io.StringIO()
+    Log("kv", buf).warning("cpu_limit", pid=12, message='say "hi"')
+    line = buf.getvalue().strip()
+    assert " level=warning event=cpu_limit pid=12 " in line
+    assert line.endswith('message="say \\"hi\\""')

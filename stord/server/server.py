@@ -93,7 +93,8 @@ class Daemon:
         self.idle.set()
         self._ids = itertools.count(1)
         self.proc = psutil.Process()
-        self.proc.cpu_percent(None)  # first call primes the measurement
+        self.proc.cpu_percent(None)  # the first calls prime the measurements
+        psutil.cpu_percent(None)
 
     # ------------------------------------------------------------------ lifecycle
 
