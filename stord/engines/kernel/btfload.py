@@ -13,6 +13,7 @@ source line of each instruction it complains about.
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 from dataclasses import dataclass, field
@@ -56,8 +57,11 @@ class KernelBtf:
     lines: dict[str, list[tuple[int, int, int, int]]] = field(default_factory=dict)
 
 
+@functools.lru_cache(maxsize=32)
 def kernel_btf(elf: bytes) -> KernelBtf | None:
-    """Fixed-up BTF of an object, or None when it has no .BTF section."""
+    """Fixed-up BTF of an object, or None when it has no .BTF section. Cached by object:
+    parsing the ELF costs tens of milliseconds, more than loading it into the kernel;
+    callers must not modify the result."""
     if not elf:
         return None
     f = ELFFile(io.BytesIO(elf))
