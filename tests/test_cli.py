@@ -202,3 +202,16 @@ def test_builtin_via_cli_matches_oracle(daemon, engine, data_root, messy, name, 
     h = run(*cli_args(name, f"data/{path.name}", params), "--engine", engine,
             host=daemon.address)
     assert h.returncode == 0 and h.stdout.strip(), h.stderr
+
+
+def test_describe_is_the_stats_builtin(daemon, engine, data_root) -> None:
+    path = data_root / "data" / "sensors.csv"
+    vals = csv_numbers(path, 2)
+    p = run("describe", "data/sensors.csv", "-c", "value", "--engine", engine, "--json",
+            host=daemon.address)
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)["result"]
+    assert r["count"] == r["rows"] == len(vals)
+    assert r["min"] == pytest.approx(float(min(vals))) and r["max"] == pytest.approx(
+        float(max(vals)))
+    assert r["avg"] == pytest.approx(float(sum(vals) / len(vals)), rel=1e-12)

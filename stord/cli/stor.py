@@ -1,6 +1,6 @@
 """`stor`: ask a stord daemon for an aggregate of a file it holds.
 
-    stor avg data/x.csv --column value          (likewise sum, min, max)
+    stor avg data/x.csv --column value          (likewise sum, min, max, describe)
     stor count data/x.csv [--column 3 --op gt --value 10]
     stor hist data/x.csv --column 2 --lo 0 --width 10 --buckets 20
     stor grep data/x.log ERROR
@@ -26,7 +26,10 @@ ensure_client_importable()
 
 from stord_client.client import DEFAULT_ADDRESS, Client, Result  # noqa: E402
 
-AGGREGATES = ("avg", "sum", "min", "max")
+AGGREGATES = ("avg", "sum", "min", "max", "describe")
+# `stor stats` is the daemon's statistics; the built-in "stats" (all of rows, count, sum,
+# avg, min, max of a column) is `stor describe`.
+PROGRAM_OF = {"describe": "stats"}
 
 
 def parse_value(v: str) -> Any:
@@ -85,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="stor", description="query files on a stord daemon")
     sub = ap.add_subparsers(dest="cmd", required=True)
     for name in AGGREGATES:
-        p = sub.add_parser(name, help=f"{name} of a numeric column")
+        p = sub.add_parser(name, help=f"{name} of a numeric column" if name != "describe"
+                           else "rows, count, sum, avg, min and max of a numeric column")
         p.add_argument("file")
         p.add_argument("--column", "-c", required=True, type=parse_column)
         _csv(p)
@@ -161,7 +165,7 @@ def program_and_params(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     if "header" not in params and any(isinstance(params.get(k), str) for k in ("column", "key")):
         params["header"] = True  # a column named by its header implies there is a header
     params.update(parse_params(args.param))
-    return cmd, params
+    return PROGRAM_OF.get(cmd, cmd), params
 
 
 class Progress:
