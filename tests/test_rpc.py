@@ -246,3 +246,27 @@ def test_idle_half_sent_connection_is_closed(daemon_factory):
         c.close()
     still_serving(d)
     assert any(r["event"] == "idle_close" for r in d.log_lines())
+
+
+def test_cancel_request_by_msgid(daemon_factory, engine):
+    from conftest import ALICE, HUGE_BUDGET
+    from test_server import ENDLESS
+    d = daemon_factory("rawcancel", limits="query_cpu_seconds = 120", budget=HUGE_BUDGET)
+    c = RawRPC(d.address)
+    try:
+        c.send([0, 1, "query", [{"path": "data/sensors.csv", "program": ENDLESS,
+                                 "engine": engine, "token": ALICE}]])
+        busy = []
+        while not busy:
+            busy = c.call("stats", {"token": ALICE})[3]["busy_pids"]
+        c.send([0, 2, "cancel", [{"msgid": 1, "token": ALICE}]])
+        replies = {}
+        while len(replies) < 2:
+            msg = c.recv()
+            replies[msg[1]] = msg
+        assert replies[2][2] is None and replies[2][3] is True
+        assert replies[1][2]["code"] == "cancelled"
+        # cancelling what is not running says so
+        assert c.call("cancel", {"msgid": 1, "token": ALICE})[3] is False
+    finally:
+        c.close()

@@ -122,6 +122,9 @@ def build_program(task: dict[str, Any]) -> Any:
 def run_task(task: dict[str, Any], cache: ProgramCache) -> Any:
     op = task["op"]
     if op == "warm":
+        # Import what queries need now, while the daemon starts, not in the first query.
+        import stord.query.builtins  # noqa: F401
+        import stord.query.executor  # noqa: F401
         return os.getpid()
     if op == "plan":
         import mmap
