@@ -36,8 +36,8 @@ from stord.program import toolchain
 from stord.program.isa import encode
 from stord.program.model import Program
 
-# Bump when translate.py/runtime.py change what they emit, to invalidate disk caches.
-TRANSLATOR_VERSION = "4"
+# Part of every cache key, with a hash of the translator's source files.
+TRANSLATOR_VERSION = "6"
 
 # "fast" (default): a short custom pass list; "o2": LLVM's full O2 pipeline.
 PIPELINE = os.environ.get("STORD_JIT_PIPELINE", "fast")
@@ -83,10 +83,15 @@ def _libc_symbols() -> dict[str, int]:
 
 @functools.cache
 def _build_tag() -> bytes:
-    """What else the object code depends on: translator, LLVM and the host CPU."""
+    """What else the object code depends on: the translator's source (hashed, so a changed
+    translator can never pick up stale cache files), LLVM and the host CPU."""
     tm = target_machine()
-    parts = (TRANSLATOR_VERSION, PIPELINE, llvmlite.__version__, str(llvm.llvm_version_info),
-             tm.triple, llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten())
+    src = hashlib.sha256()
+    for name in ("translate.py", "runtime.py", "kinds.py", "layout.py", "compile.py"):
+        src.update((Path(__file__).parent / name).read_bytes())
+    parts = (TRANSLATOR_VERSION, src.hexdigest(), PIPELINE, llvmlite.__version__,
+             str(llvm.llvm_version_info), tm.triple, llvm.get_host_cpu_name(),
+             llvm.get_host_cpu_features().flatten())
     return "\0".join(parts).encode()
 
 
@@ -184,6 +189,12 @@ def optimise(ir_text: str) -> llvm.ModuleRef:
     mpm.add_simplify_cfg_pass()
     mpm.add_sccp_pass()
     mpm.add_jump_threading_pass()
+    mpm.add_new_gvn_pass()
+    mpm.add_instruction_combine_pass()
+    mpm.add_simplify_cfg_pass()
+    # now that inlined callers' constants made stack addresses constant, SROA can turn the
+    # eBPF stack slots (e.g. a bpf_loop context struct) into registers
+    mpm.add_sroa_pass()
     mpm.add_new_gvn_pass()
     mpm.add_instruction_combine_pass()
     mpm.add_simplify_cfg_pass()

@@ -358,6 +358,9 @@ class Runtime:
         b.position_at_end(run)
         bad = ft.fn.append_basic_block(f"loop_badfn{pc}")
         sw = b.switch(fnv, bad)
+        # callbacks: subprograms whose address the program takes (lddw PSEUDO_FUNC), as the
+        # kernel requires; the interp would also accept FUNC_BASE + another function start
+        # computed by arithmetic, which here faults (not worth a real call at every site)
         for target in self.mt.callbacks:
             head = ft.fn.append_basic_block(f"loop{pc}_{target}")
             sw.add_case(c64(base.FUNC_BASE + target), head)

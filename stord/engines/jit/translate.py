@@ -174,7 +174,8 @@ class ModuleTranslator:
         # bpf_loop callbacks: every subprogram whose address a program takes
         self.callbacks = sorted({i + ins.imm + 1 for i, ins in enumerate(self.insns)
                                  if ins.op == isa.LDDW and ins.src == isa.PSEUDO_FUNC})
-        for s in inline_set(self.insns, starts, self.callbacks):
+        self.inlined = inline_set(self.insns, starts, self.callbacks)
+        for s in self.inlined:
             # inlining lets constant arguments (callbacks, map handles, depth) fold; the
             # pass pipeline has only the always-inliner, so this choice is final
             self.subs[s].fn.attributes.add("alwaysinline")
@@ -795,7 +796,8 @@ class FunctionTranslator:
         else:
             raise CompileError(f"call with source {ins.src} at slot {pc}")
 
-    def call_sub(self, pc: int, target: int, regs: list[ir.Value]) -> ir.Value:
+    def call_sub(self, pc: int, target: int, regs: list[ir.Value],
+                 noinline: bool = False) -> ir.Value:
         """Call subprogram `target` one frame deeper (r1..r5 = regs); returns its r0.
         The caller's r1-r5 stay as they were (as in the interp)."""
         sub = self.mt.subs.get(target)
@@ -805,6 +807,19 @@ class FunctionTranslator:
         depth = b.add(self.depth, c64(1))
         self.check(b.icmp_unsigned("<", depth, c64(base.MAX_CALL_DEPTH)), L.ST_DEPTH, pc)
         self.charge(pc)
-        res = b.call(sub.fn, [self.env, self.stack, self.ctl, depth] + regs)
+        if noinline or target not in self.mt.inlined:
+            # a real call: hand the callee a copy of ctl, so that ctl itself never escapes
+            # and stays in registers here
+            tmp = self.hoisted(("ctl_copy",), lambda: b.alloca(I64, 2, name="ctl_copy"))
+            ctl_status = b.gep(self.ctl, [c64(CTL_STATUS)], source_etype=I8)
+            tmp_status = b.gep(tmp, [c64(CTL_STATUS)], source_etype=I8)
+            b.store(b.load(self.ctl, typ=I64), tmp)
+            b.store(b.load(ctl_status, typ=I64), tmp_status)
+            res = b.call(sub.fn, [self.env, self.stack, tmp, depth] + regs,
+                         attrs=("noinline",) if noinline else ())
+            b.store(b.load(tmp, typ=I64), self.ctl)
+            b.store(b.load(tmp_status, typ=I64), ctl_status)
+        else:
+            res = b.call(sub.fn, [self.env, self.stack, self.ctl, depth] + regs)
         self.check_status()
         return res
