@@ -308,6 +308,12 @@ static long stord_csv_byte(__u32 idx, void *arg)
 		w->error = 1;
 		return 1;
 	}
+	if (c > '"' && c != delim) { /* the common byte: no quote, CR, LF, delimiter */
+		if ((fl & (STORD_CSV_SEEN | STORD_CSV_PQ)) != STORD_CSV_SEEN)
+			w->fl = (fl | STORD_CSV_SEEN) & ~STORD_CSV_PQ;
+		stord_csv_content(c, w->column, &w->acc, &w->nst);
+		return 0;
+	}
 	if (c == '"') {
 		if ((fl & (STORD_CSV_INQ | STORD_CSV_PQ)) == STORD_CSV_PQ) {
 			/* "" inside a quoted field: a literal quote, and quoted again */
