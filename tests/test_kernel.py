@@ -291,6 +291,66 @@ def test_executor_runs_kernel_chunks_of_the_engines_size(kernel, linestats, tmp_
     assert k["state"]["lines"] == 2000 and k["state"]["bytes_seen"] == len(data)
 
 
+HANDMADE = """
+    ldxw %r2, [%r1+0]
+    ldxw %r3, [%r1+4]
+    mov %r4, %r2
+    add %r4, 1
+    jgt %r4, %r3, out
+    ldxb %r5, [%r2+0]
+    stxw [%r10-4], %r5
+    sub %r3, %r2
+    stxdw [%r10-16], %r3
+    lddw %r1, map[0]
+    mov %r2, %r10
+    add %r2, -4
+    mov %r3, %r10
+    add %r3, -16
+    mov %r4, 0
+    call 2
+out:
+    mov %r1, 0
+    stxw [%r10-20], %r1
+    lddw %r1, map[1]
+    mov %r2, %r10
+    add %r2, -20
+    call 1
+    jeq %r0, 0, done
+    ldxdw %r1, [%r0+0]
+    add %r1, 1
+    stxdw [%r0+0], %r1
+    lddw %r1, map_value[2]+8
+    ldxdw %r2, [%r1+0]
+    add %r2, 3
+    stxdw [%r1+0], %r2
+done:
+    mov %r0, 2
+    exit
+"""
+
+
+@settings(max_examples=15, deadline=None)
+@given(chunks=st.lists(st.binary(max_size=60), max_size=8))
+def test_handmade_program_without_btf_matches_interp(kernel, chunks) -> None:
+    """Maps without BTF: hash keyed by a chunk's first byte -> its length (map_update),
+    an array counter (map_lookup), and a .bss counter through a map-value address."""
+    prog = Program(name="handmade", section="xdp", license="GPL", insns=assemble(HANDMADE),
+                   maps=[MapDef("lens", MAP_HASH, 4, 8, 64), MapDef("calls", MAP_ARRAY, 4, 8, 2),
+                         MapDef(".bss", MAP_ARRAY, 4, 16, 1, initial=bytes(16))])
+    states = []
+    for engine in (kernel, get_engine("interp")):
+        with engine.load(prog) as inst:
+            for c in chunks:
+                assert inst.run_chunk(c, 0, False) == 2
+            states.append(inst.read_state())
+    k, i = states
+    assert k == i
+    want = {bytes([c[0]]) + bytes(3): len(c).to_bytes(8, "little") for c in chunks if c}
+    assert k.maps["lens"] == want
+    assert k.maps["calls"][bytes(4)] == len(chunks).to_bytes(8, "little")
+    assert k.globals[".bss"] == bytes(8) + (3 * len(chunks)).to_bytes(8, "little")
+
+
 def length_program() -> Program:
     """r0 = ctx->data_end - ctx->data: what the program sees of the chunk."""
     return Program(name="len", section="xdp", license="GPL", insns=[
