@@ -22,6 +22,7 @@ from stord.query.state import decode, reduce_spec
 XDP_ABORTED = 0
 NEWLINE = 0x0A
 DEFAULT_CHUNK = 1 << 20
+MAX_CHUNK = 1 << 23   # bpf_loop's iteration limit: stord.h programs walk a chunk byte by byte
 
 
 @dataclass
@@ -127,7 +128,7 @@ def execute(prog: Program, path: str, *, engine: str, start: int = 0, end: int |
     """Run `prog` over [start, end) of the file at `path` (one range, this process)."""
     t0 = time.perf_counter()
     eng: Engine = get_engine(engine)
-    size_chunk = chunk_size or getattr(eng, "chunk_size", DEFAULT_CHUNK)
+    size_chunk = min(chunk_size or getattr(eng, "chunk_size", DEFAULT_CHUNK), MAX_CHUNK)
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
