@@ -342,3 +342,32 @@ def test_finish_is_importable_for_merged_states() -> None:
     assert finish("avg", merged, {"column": 0}) == pytest.approx((1 + 2 + 3.5) / 3)
     assert finish("count", merged, {}) == 3
     assert set(BUILTINS) >= {"count", "sum", "avg", "min", "max", "hist", "grep", "groupby"}
+
+
+# -- the real kernel verifier -----------------------------------------------------------------
+
+@pytest.mark.parametrize("name,params", [
+    ("avg", {"column": 2}),
+    ("count", {}),
+    ("count", {"column": 0, "op": "ge", "value": "-1.5", "delimiter": ";"}),
+    ("hist", {"column": 1, "lo": -10, "width": "0.5", "nbuckets": 64, "header": True}),
+    ("grep", {"pattern": "needle"}),
+    ("groupby", {"key": 1, "column": 2}),
+    ("groupby", {"key": 0}),
+])
+def test_builtin_passes_the_kernel_verifier(name: str, params: dict[str, Any]) -> None:
+    """Unmodified, as an XDP program, with its parameters frozen in .rodata (what the
+    kernel engine loads); the kernel then runs it and agrees with interp."""
+    from stord.engines.base import available_engines
+    reason = available_engines().get("kernel")
+    if reason is not None:
+        pytest.skip(f"kernel engine unavailable: {reason}")
+    from stord.engines.kernel.engine import verify_program
+    prog, fin = resolve(name, params)
+    log = verify_program(prog)
+    assert "processed" in log
+    data = TRICKY.replace(b";", b",") if params.get("delimiter") != ";" else TRICKY
+    with get_engine("kernel").load(prog, budget=BUDGET) as inst:
+        run_range(inst, data, 0, len(data), chunk_size=7)
+        kstate = decode(prog, inst.read_state())
+    assert kstate == run(prog, data, chunk=7)
