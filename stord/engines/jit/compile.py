@@ -149,7 +149,11 @@ def build_ir(prog: Program, helpers: str, fresh: bool = False) -> str:
     text = None if fresh else _templates.get(key)
     if text is None:
         raw = None if fresh else _disk_read(key, ".ll")
-        text = raw.decode() if raw is not None else str(ModuleTranslator(prog, helpers).build())
+        if raw is not None:
+            text = raw.decode()
+        else:
+            helper_set, _, variant = helpers.partition("/")
+            text = str(ModuleTranslator(prog, helper_set, chunk=variant == "chunk").build())
         if raw is None:
             _disk_write(key, text.encode(), ".ll")
         _templates[key] = text
@@ -262,10 +266,13 @@ def _disk_write(key: str, obj: bytes, suffix: str = ".o") -> None:
 
 
 def get_compiled(prog: Program, helpers: str,
-                 validate: Callable[[], None] | None = None) -> Compiled:
+                 validate: Callable[[], None] | None = None, chunk: bool = False) -> Compiled:
     """The native code of `prog`: from memory, from disk, or compiled now. `validate` runs
     before anything is loaded or compiled, and is skipped on an in-process cache hit (that
-    exact program and helper set passed it already)."""
+    exact program and helper set passed it already). `chunk`: the variant that only runs
+    chunks (see ModuleTranslator)."""
+    if chunk:
+        helpers += "/chunk"   # a variant: its own template and object
     key = cache_key(prog, helpers)
     with _lock:
         if _lljit is not None and _lljit_pid != os.getpid():

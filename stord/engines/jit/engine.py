@@ -122,10 +122,11 @@ class _Memory:
 class JitInstance(base.Instance):
     chunk_size: ClassVar[int] = 1 << 20
 
-    def __init__(self, prog: Program, compiled: Compiled, budget: int) -> None:
+    def __init__(self, prog: Program, compiled: Compiled, budget: int, helpers: str) -> None:
         self.prog = prog
-        self.compiled = compiled
+        self.compiled = compiled   # runs chunks; call() may need the general variant
         self.budget = budget
+        self.helpers = helpers
         self.env = L.Env()
         self.descs = (L.MapDesc * max(len(prog.maps), 1))()
         self.stores = [_MapStore(m, self.descs[i]) for i, m in enumerate(prog.maps)]
@@ -143,12 +144,13 @@ class JitInstance(base.Instance):
         self._fault_message: str | None = None
         self._env_addr = ctypes.addressof(env)
         self._entry = compiled.entry
+        self._general: Compiled | None = None if helpers == "linux" else compiled
 
-    def _run(self, r1: int, r2: int) -> int:
+    def _run(self, r1: int, r2: int, entry=None) -> int:
         env = self.env
         env.status = 0
         env.budget = self.budget
-        r0 = self._entry(self._env_addr, r1, r2)
+        r0 = (entry or self._entry)(self._env_addr, r1, r2)
         if env.status:
             self._raise()
         return r0
@@ -233,14 +235,20 @@ class JitInstance(base.Instance):
         env = self.env
         if mem is None:
             env.mem, env.mem_len = None, 0
-            return self._run(0, 0)
+            return self._run(0, 0, self._general_entry())
         buf = (ctypes.c_char * len(mem)).from_buffer(mem)
         try:
             env.mem, env.mem_len = ctypes.addressof(buf), len(mem)
-            return self._run(base.MEM_BASE, len(mem))
+            return self._run(base.MEM_BASE, len(mem), self._general_entry())
         finally:
             env.mem, env.mem_len = None, 0
             del buf
+
+    def _general_entry(self):
+        """The code that makes no assumption about r1 (conformance calls)."""
+        if self._general is None:
+            self._general = get_compiled(self.prog, self.helpers)
+        return self._general.entry
 
     def read_state(self) -> State:
         st = State()
@@ -273,12 +281,14 @@ class JitEngine(base.Engine):
             raise LoadError(f"unknown helper set {helpers!r} "
                             f"(known: {', '.join(base.HELPER_SETS)})")
         try:
-            compiled = get_compiled(prog, helpers, lambda: _validate(prog, helpers))
+            # linux programs run chunks: compile the variant that knows the context
+            compiled = get_compiled(prog, helpers, lambda: _validate(prog, helpers),
+                                    chunk=helpers == "linux")
         except CompileError:
             raise
         except RuntimeError as e:
             raise CompileError(f"jit: {e}") from e
-        return JitInstance(prog, compiled, budget)
+        return JitInstance(prog, compiled, budget, helpers)
 
 
 def _validate(prog: Program, helpers: str) -> None:

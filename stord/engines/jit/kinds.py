@@ -59,11 +59,29 @@ def _sext32(imm: int) -> int:
     return imm & M64
 
 
+def ctx_field(k: Kind, size: int) -> int | None:
+    """The xdp_md field (byte offset) that a `size`-byte load at address kind k reads, when
+    k is a constant inside the context."""
+    if k is None or k[0] != "c" or size != 4:
+        return None
+    off = k[1] - base.CTX_BASE
+    return off if off in (0, 4, 8, 12, 16, 20) else None
+
+
+# What a chunk run's context holds (stord.engines.jit.engine.JitInstance.run_chunk): loads of
+# these fields are constants; data_end (4) depends on the chunk's length.
+CTX_CONSTANTS = {0: base.DATA_BASE, 8: base.META_BASE, 12: 0, 16: 0, 20: 0}
+
+
 def analyse(insns: list[Insn], start: int, end: int, leaders: set[int],
-            map_handles: dict[int, int]) -> dict[int, State]:
-    """State before each instruction of [start, end) (only reachable ones)."""
-    entry: State = [("c", 0), None, None, None, None, None, ("c", 0), ("c", 0), ("c", 0),
+            map_handles: dict[int, int], r1: Kind = None,
+            chunk: bool = False) -> dict[int, State]:
+    """State before each instruction of [start, end) (only reachable ones). `r1`: what the
+    first argument is known to be; `chunk`: the code runs chunks, so the context holds
+    CTX_CONSTANTS."""
+    entry: State = [("c", 0), r1, None, None, None, None, ("c", 0), ("c", 0), ("c", 0),
                     ("c", 0), ("s", 0)]
+    chunk_ctx = chunk
     block_in: dict[int, State] = {start: entry}
     work = [start]
     heads = sorted(set(leaders) | {start})
@@ -76,7 +94,7 @@ def analyse(insns: list[Insn], start: int, end: int, leaders: set[int],
             ins = insns[pc]
             nxt = pc + 2 if ins.op == isa.LDDW else pc + 1
             succ = _successors(pc, ins, end)
-            _transfer(state, ins, insns, pc, map_handles)
+            _transfer(state, ins, insns, pc, map_handles, chunk_ctx)
             targets = [t for t in succ if t != nxt] if succ is not None else []
             falls = succ is None or nxt in succ
             for t in targets:
@@ -119,7 +137,7 @@ def _successors(pc: int, ins: Insn, end: int) -> list[int] | None:
 
 
 def _transfer(st: State, ins: Insn, insns: list[Insn], pc: int,
-              map_handles: dict[int, int]) -> None:
+              map_handles: dict[int, int], chunk_ctx: bool = False) -> None:
     cls, op, d = ins.cls, ins.op & 0xF0, ins.dst
     if ins.op == isa.LDDW:
         second = insns[pc + 1]
@@ -147,7 +165,9 @@ def _transfer(st: State, ins: Insn, insns: list[Insn], pc: int,
         st[d] = None
         return
     if cls == isa.LDX:
-        st[d] = None
+        field = ctx_field(shift(st[ins.src], ins.off), 4) if chunk_ctx and \
+            ins.op & 0xE0 == isa.MEM and ins.op & 0x18 == isa.W else None
+        st[d] = ("c", CTX_CONSTANTS[field]) if field in CTX_CONSTANTS else None
         return
     if cls == isa.STX and ins.op & 0xE0 == isa.ATOMIC:
         if ins.imm == isa.CMPXCHG:

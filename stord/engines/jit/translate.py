@@ -151,10 +151,14 @@ def _reaches(f: int, calls: dict[int, list[int]]) -> set[int]:
 class ModuleTranslator:
     """Builds the LLVM module of one program for one helper set."""
 
-    def __init__(self, prog: Program, helpers: str = "linux") -> None:
+    def __init__(self, prog: Program, helpers: str = "linux", chunk: bool = False) -> None:
+        """`chunk`: the code will only run chunks (run_chunk), so r1 of the entry is the
+        context and the context's fields are known (DATA_BASE, META_BASE...): loads of them
+        fold and the program's pointers to meta and data become constants."""
         if helpers not in base.HELPER_SETS:
             raise CompileError(f"unknown helper set {helpers!r}")
         self.prog = prog
+        self.chunk = chunk
         self.insns = prog.insns
         self.helpers = helpers
         if len(self.insns) > MAX_JIT_INSNS:
@@ -175,6 +179,11 @@ class ModuleTranslator:
         self.callbacks = sorted({i + ins.imm + 1 for i, ins in enumerate(self.insns)
                                  if ins.op == isa.LDDW and ins.src == isa.PSEUDO_FUNC})
         self.inlined = inline_set(self.insns, starts, self.callbacks)
+        # the entry's r1 is the context only if nothing else calls slot 0
+        self.entry_reentered = any(
+            i + ins.imm + 1 == 0 for i, ins in enumerate(self.insns)
+            if (ins.op == isa.CALL_OP and ins.src == isa.PSEUDO_CALL)
+            or (ins.op == isa.LDDW and ins.src == isa.PSEUDO_FUNC))
         for s in self.inlined:
             # inlining lets constant arguments (callbacks, map handles, depth) fold; the
             # pass pipeline has only the always-inliner, so this choice is final
@@ -254,7 +263,8 @@ class ModuleTranslator:
         budget_p = b.gep(env, [c64(L.BUDGET)], source_etype=I8)
         b.store(b.load(budget_p, typ=I64), ctl)
         b.store(zero, b.gep(ctl, [c64(CTL_STATUS)], source_etype=I8))
-        args = [env, stack, ctl, zero, fn.args[1], fn.args[2], zero, zero, zero]
+        r1 = c64(base.CTX_BASE) if self.chunk else fn.args[1]
+        args = [env, stack, ctl, zero, r1, fn.args[2], zero, zero, zero]
         r0 = b.call(self.subs[0].fn, args)
         b.store(b.load(ctl, typ=I64), budget_p)
         status = b.load(b.gep(ctl, [c64(CTL_STATUS)], source_etype=I8), typ=I64)
@@ -545,7 +555,10 @@ class FunctionTranslator:
         for t in leaders:
             self.block_at(t)
         handles = {i: map_handle(i) for i in range(len(self.mt.prog.maps))}
-        self.kinds = kinds.analyse(self.insns, self.sub.start, self.sub.end, leaders, handles)
+        entry_ctx = self.mt.chunk and self.sub.start == 0 and not self.mt.entry_reentered
+        self.kinds = kinds.analyse(self.insns, self.sub.start, self.sub.end, leaders, handles,
+                                   r1=("c", base.CTX_BASE) if entry_ctx else None,
+                                   chunk=self.mt.chunk)
         b.position_at_end(self.blocks[self.sub.start])
         while pc < self.sub.end:
             if pc in self.blocks and b.block is not self.blocks[pc]:
@@ -614,9 +627,18 @@ class FunctionTranslator:
         mode, size = ins.op & 0xE0, isa.SIZE_BYTES[ins.op & 0x18]
         if mode not in (isa.MEM, isa.MEMSX):
             raise CompileError(f"unsupported load mode {ins.op:#04x} at slot {pc}")
+        kind = self.kind(pc, ins.src, ins.off)
+        field = kinds.ctx_field(kind, size) if self.mt.chunk and mode == isa.MEM else None
+        if field is not None:   # a chunk run's context: known contents, read-only
+            if field in kinds.CTX_CONSTANTS:
+                self.set_reg(ins.dst, c64(kinds.CTX_CONSTANTS[field]))
+            else:
+                end = self.b.add(c64(base.DATA_BASE), self.env_field(L.DATA_LEN, invariant=True))
+                self.set_reg(ins.dst, self.b.and_(end, c64(0xFFFF_FFFF)))
+            return
         addr = self.b.add(self.reg(ins.src), c64(ins.off))
         self.set_reg(ins.dst, self.load_mem(addr, size, pc, signed=mode == isa.MEMSX,
-                                            kind=self.kind(pc, ins.src, ins.off)))
+                                            kind=kind))
 
     def _store(self, pc: int, ins: isa.Insn) -> None:
         mode, size = ins.op & 0xE0, isa.SIZE_BYTES[ins.op & 0x18]
