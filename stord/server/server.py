@@ -25,7 +25,7 @@ import msgpack
 import psutil
 
 import stord
-from stord.engines.base import available_engines, default_engine
+from stord.engines.base import DEFAULT_ENGINE_ORDER, available_engines
 from stord.errors import (
     AccessDenied,
     BadRequest,
@@ -106,8 +106,9 @@ class Daemon:
                 raise EngineUnavailable(f"configured engine {self.config.engine!r} is not usable: "
                                         f"{self.engines.get(self.config.engine, 'unknown')}")
             self.default_engine = self.config.engine
-        else:
-            self.default_engine = default_engine()
+        else:  # default_engine()'s choice, from the probes just made
+            self.default_engine = next((n for n in DEFAULT_ENGINE_ORDER
+                                        if self.engines.get(n) is None), "interp")
         await self.pool.start()
         self.server = await asyncio.start_server(
             self._on_connect, self.config.host, self.config.port,
@@ -533,7 +534,7 @@ class Daemon:
         try:
             return await self.pool.run(task, owner)
         except TaskFailed as e:
-            raise e from None
+            raise e from None  # the worker's error, without the pool's frames attached
 
     async def _run_ranges(self, conn: Conn, msgid: int | None, task: dict[str, Any],
                           ranges: list[tuple[int, int]], owner: Owner, progress: bool,
@@ -565,9 +566,7 @@ class Daemon:
         from stord.query.executor import merge_ranges
         try:
             merged = merge_ranges(list(results))
-        except StordError:
-            raise
-        except Exception as e:
+        except ArithmeticError as e:  # stord_client.reduce.ReduceOverflow (code "overflow")
             if getattr(e, "code", None) == "overflow":
                 raise ResultOverflow(str(e)) from None
             raise
