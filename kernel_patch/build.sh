@@ -52,22 +52,32 @@ if [ ! -f "$src/Makefile" ]; then
     mv "$OUT/linux-source-6.12" "$src"
 fi
 
-# Swap the applied series: reverse what the tree carries, then apply ours.
+# Swap the applied series: reverse what the tree carries, then apply ours. An identical
+# series stays as it is, so unchanged files keep their mtimes and nothing rebuilds.
 applied="$src/.stord-applied"
-if [ -d "$applied" ]; then
+same=1
+[ -d "$applied" ] && [ "$(cat "$applied/series")" = "$(printf '%s\n' "${series[@]}")" ] || same=0
+if [ "$same" = 1 ]; then
+    for p in "${series[@]}"; do cmp -s "$applied/$p" "$here/patches/$p" || same=0; done
+fi
+if [ "$same" = 1 ]; then
+    :
+elif [ -d "$applied" ]; then
     mapfile -t old < <(cat "$applied/series")
     for ((i=${#old[@]}-1; i>=0; i--)); do
         patch -d "$src" -p1 -R -s -f --no-backup-if-mismatch < "$applied/${old[i]}"
     done
     rm -rf "$applied"
 fi
-mkdir -p "$applied"
-: > "$applied/series"
-for p in "${series[@]}"; do
-    patch -d "$src" -p1 -s -f --no-backup-if-mismatch < "$here/patches/$p"
-    cp "$here/patches/$p" "$applied/$p"
-    echo "$p" >> "$applied/series"
-done
+if [ "$same" = 0 ]; then
+    mkdir -p "$applied"
+    : > "$applied/series"
+    for p in "${series[@]}"; do
+        patch -d "$src" -p1 -s -f --no-backup-if-mismatch < "$here/patches/$p"
+        cp "$here/patches/$p" "$applied/$p"
+        echo "$p" >> "$applied/series"
+    done
+fi
 
 mkdir -p "$obj"
 kmake() { nice -n 10 make -C "$src" O="$obj" -j"$JOBS" "$@"; }

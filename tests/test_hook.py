@@ -25,7 +25,6 @@ def series() -> list[Path]:
     return [KP / "patches" / n for n in names]
 
 
-
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The files the series modifies, from Debian's linux-source-6.12 tarball (GNU tar: the
