@@ -6,6 +6,10 @@ bytearray, memoryview and read-only mmap objects alike (ctypes' from_buffer refu
 buffers), and releases it after the call. The jitted code never writes to the chunk: every
 store is checked against the writable regions only.
 
+Two variants of a program's code: linux-helper programs are compiled for chunks (the
+context's fields are known, see ModuleTranslator), and call() (the conformance convention,
+r1 = memory) uses the general variant, compiled on first use.
+
 Same results and the same failures as the interp (tests/test_jit_diff.py), except where
 the engines are specified to differ: the budget counts back-edges, calls and bpf_loop
 iterations instead of instructions, and ktime/prandom values.
