@@ -19,7 +19,7 @@ import os
 import resource
 import signal
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -38,6 +38,7 @@ from stord.errors import (
 from stord.server.log import Log
 
 WATCHDOG_PERIOD = 0.1  # seconds between CPU checks of busy workers
+RECENT_KEYS = 64       # programs a worker is known to have loaded (ProgramCache's size)
 
 
 class TaskFailed(StordError):
@@ -53,13 +54,13 @@ class TaskFailed(StordError):
 class ProgramCache:
     """Loaded programs by content hash of what the client sent (plus parameters)."""
 
-    def __init__(self, size: int = 64) -> None:
+    def __init__(self, size: int = RECENT_KEYS) -> None:
         self.size = size
         self.progs: OrderedDict[str, Any] = OrderedDict()
         self.verified: set[str] = set()
 
     def get(self, task: dict[str, Any]) -> Any:
-        key = _task_key(task)
+        key = task_key(task)
         prog = self.progs.get(key)
         if prog is None:
             prog = build_program(task)
@@ -83,7 +84,8 @@ class ProgramCache:
         self.verified.add(prog.digest)
 
 
-def _task_key(task: dict[str, Any]) -> str:
+def task_key(task: dict[str, Any]) -> str:
+    """Content hash of a query's program as sent, its parameters and the header it sees."""
     h = hashlib.sha256()
     h.update(task["kind"].encode())
     obj = task["object"]
@@ -200,6 +202,7 @@ class Worker:
     kill_reason: str | None = None    # "cpu", "memory", "cancel", "shutdown": the daemon killed it
     tasks: int = 0
     limited: bool = False             # the watchdog's limits apply to the current task
+    recent: OrderedDict[str, None] = field(default_factory=OrderedDict)  # programs it has
 
     @property
     def pid(self) -> int:
@@ -213,6 +216,12 @@ class Worker:
             return t.user + t.system
         except psutil.Error:
             return 0.0
+
+    def remember(self, key: str) -> None:
+        self.recent[key] = None
+        self.recent.move_to_end(key)
+        while len(self.recent) > RECENT_KEYS:
+            self.recent.popitem(last=False)
 
     def kill(self, reason: str) -> None:
         if self.kill_reason is None:
@@ -245,7 +254,8 @@ class WorkerPool:
         self.log = log
         self.ctx = multiprocessing.get_context("spawn")
         self.all: set[Worker] = set()
-        self.idle: asyncio.Queue[Worker] = asyncio.Queue()
+        self.idle: list[Worker] = []
+        self.waiters: deque[asyncio.Future[Worker]] = deque()
         self.threads = ThreadPoolExecutor(max_workers=size + 4, thread_name_prefix="worker-io")
         self.restarts = 0
         self.closing = False
@@ -253,7 +263,7 @@ class WorkerPool:
 
     async def start(self) -> None:
         for _ in range(self.size):
-            self.idle.put_nowait(self._spawn())
+            self._release(self._spawn())
         self._watchdog = asyncio.get_running_loop().create_task(self._watch())
         # Warm every worker up (imports done) before the daemon says it is listening.
         warm = await asyncio.gather(*(self.run({"op": "warm"}) for _ in range(self.size)),
@@ -282,19 +292,16 @@ class WorkerPool:
         w.proc.join(timeout=1)
         if not self.closing:
             self.restarts += 1
-            self.idle.put_nowait(self._spawn())
+            self._release(self._spawn())
 
     async def run(self, task: dict[str, Any], owner: Owner | None = None) -> Any:
         """Run one task on an idle worker; raise the task's error or the worker's death."""
         loop = asyncio.get_running_loop()
-        while True:
-            w = await self.idle.get()
-            if w.proc.is_alive():
-                break
-            self._retire(w)
+        key = task_key(task) if task.get("op") == "query" else None
+        w = await self._acquire(key)
         if owner is not None:
             if owner.cancelled:
-                self.idle.put_nowait(w)
+                self._release(w)
                 raise Cancelled("query cancelled")
             owner.workers.add(w)
         w.busy, w.kill_reason, w.cpu_start = True, None, w.cpu_time()
@@ -325,10 +332,41 @@ class WorkerPool:
         w.busy = False
         if owner is not None:
             owner.workers.discard(w)
-        self.idle.put_nowait(w)
+        if key is not None:
+            w.remember(key)
+        self._release(w)
         if reply[0] == "ok":
             return reply[1]
         raise TaskFailed(reply[1], reply[2])
+
+    async def _acquire(self, key: str | None) -> Worker:
+        """An idle live worker, preferably one that ran this program before (it has it
+        loaded and compiled); else wait in line for the next one to come free."""
+        while True:
+            if self.idle:
+                w = next((x for x in self.idle if key is not None and key in x.recent),
+                         self.idle[0])
+                self.idle.remove(w)
+            else:
+                fut: asyncio.Future[Worker] = asyncio.get_running_loop().create_future()
+                self.waiters.append(fut)
+                try:
+                    w = await fut
+                except asyncio.CancelledError:
+                    if fut.done() and not fut.cancelled():
+                        self._release(fut.result())  # handed over just as we gave up
+                    raise
+            if w.proc.is_alive():
+                return w
+            self._retire(w)
+
+    def _release(self, w: Worker) -> None:
+        while self.waiters:  # first come, first served when there is a queue
+            fut = self.waiters.popleft()
+            if not fut.done():
+                fut.set_result(w)
+                return
+        self.idle.append(w)
 
     def _death(self, w: Worker) -> StordError:
         code = w.proc.exitcode
