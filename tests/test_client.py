@@ -301,3 +301,16 @@ def test_generated_csv_through_daemon(daemon, fast_engine, data_root, rows, trai
             r = c.query("data/generated.csv", name, engine=fast_engine, params=params)
             p = resolve_names(dict(params, header=True), path)
             same_answer(name, r.value, oracle(name, path, p))
+
+
+def test_same_program_goes_to_the_worker_that_has_it(daemon_factory, engine) -> None:
+    # one client, one query at a time: the worker that loaded the program keeps getting it
+    d = daemon_factory("affinity")
+    with Client(d.address, token=ALICE) as c:
+        c.query("data/sensors.csv", "count", engine=engine)
+        before = {w["pid"]: w["tasks"] for w in c.stats()["worker_detail"]}
+        for _ in range(4):
+            c.query("data/sensors.csv", "count", engine=engine)
+        after = {w["pid"]: w["tasks"] for w in c.stats()["worker_detail"]}
+    grew = sorted(after[p] - before[p] for p in before)
+    assert grew == [0, 4]

@@ -315,12 +315,16 @@ class Daemon:
         authenticate(self.config, args.get("token"))
         mine = self.proc.memory_info().rss
         workers_rss, workers_cpu = 0, 0.0
-        for pid in self.pool.pids():
+        detail = []
+        for w in list(self.pool.all):
             with contextlib.suppress(psutil.Error):
-                p = psutil.Process(pid)
-                workers_rss += p.memory_info().rss
+                p = psutil.Process(w.pid)
+                rss = p.memory_info().rss
                 t = p.cpu_times()
+                workers_rss += rss
                 workers_cpu += t.user + t.system
+                detail.append({"pid": w.pid, "busy": w.busy, "tasks": w.tasks, "rss": rss,
+                               "cpu_seconds": t.user + t.system})
         t = self.proc.cpu_times()
         c = self.counters
         return {
@@ -331,6 +335,7 @@ class Daemon:
             "daemon_rss": mine, "workers_rss": workers_rss, "rss_total": mine + workers_rss,
             "workers": self.pool.size, "workers_busy": self.pool.busy_count(),
             "worker_pids": self.pool.pids(), "busy_pids": self.pool.busy_pids(),
+            "worker_detail": sorted(detail, key=lambda d: d["pid"]),
             "worker_restarts": self.pool.restarts,
             "queries_served": c.queries_served, "queries_failed": c.queries_failed,
             "queries_active": self.active, "queries_waiting": self.waiting,
