@@ -425,3 +425,37 @@ def test_log_formats() -> None:
     line = buf.getvalue().strip()
     assert " level=warning event=cpu_limit pid=12 " in line
     assert line.endswith('message="say \\"hi\\""')
+
+
+def test_sighup_reloads_tenants_and_limits(daemon_factory, data_root) -> None:
+    d = daemon_factory("reload")
+    cfg = d.log_path.parent / "stord.toml"
+    text = cfg.read_text()
+    assert ALICE in text
+    # alice's token is replaced by carol's; a broken file first must change nothing
+    cfg.write_text("this is = not [toml")
+    os.kill(d.pid, signal.SIGHUP)
+    _wait_event(d, "reload_failed")
+    with Client(d.address, token=ALICE) as c:
+        assert c.stat("data/sensors.csv")["type"] == "file"
+    cfg.write_text(text.replace(ALICE, "carol-token-000").replace(
+        "[limits]", "[limits]\nmax_program_bytes = 100"))
+    os.kill(d.pid, signal.SIGHUP)
+    _wait_event(d, "reloaded")
+    with Client(d.address, token=ALICE) as c:
+        with pytest.raises(AccessDenied):
+            c.stat("data/sensors.csv")
+    with Client(d.address, token="carol-token-000") as c:
+        assert c.stat("data/sensors.csv")["type"] == "file"
+        with pytest.raises(StordError) as e:
+            c.query("data/sensors.csv", ENDLESS)
+        assert code_of(e) == "limit_exceeded" and "100" in str(e.value)
+
+
+def _wait_event(d, event: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if any(r.get("event") == event for r in d.log_lines()):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no {event} in the daemon log")

@@ -59,7 +59,7 @@ def serve(args: argparse.Namespace) -> int:
         cfg = replace(cfg, host=host, port=port)
     if args.workers is not None:
         cfg = replace(cfg, workers=args.workers)
-    return main_serve(cfg)
+    return main_serve(cfg, args.config)
 
 
 def build(args: argparse.Namespace) -> int:

@@ -74,8 +74,10 @@ class Conn:
 
 
 class Daemon:
-    def __init__(self, config: Config, log: Log | None = None) -> None:
+    def __init__(self, config: Config, log: Log | None = None,
+                 config_path: str | None = None) -> None:
         self.config = config
+        self.config_path = config_path
         self.log = log or Log(config.log_format)
         self.pool = WorkerPool(config.worker_count, config.limits.query_cpu_seconds, self.log,
                                config.limits.max_worker_memory_bytes)
@@ -129,8 +131,45 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig.name)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         await self.stopping.wait()
         await self.shutdown()
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config file. Exports, tenants, limits and the default engine
+        change at once (for queries that start from now on); the listen address and the
+        number of workers need a restart and are kept."""
+        if self.config_path is None:
+            self.log.warning("reload_ignored", message="started without --config")
+            return
+        from dataclasses import replace
+
+        from stord.server.config import load_config
+        try:
+            new = load_config(self.config_path)
+        except StordError as e:  # a broken file must not take a running daemon down
+            self.log.error("reload_failed", code=e.code, message=str(e))
+            return
+        if new.engine and self.engines.get(new.engine, "unknown") is not None:
+            self.log.error("reload_failed", code="engine_unavailable",
+                           message=f"engine {new.engine!r} is not usable here")
+            return
+        kept = []
+        if (new.host, new.port) != (self.config.host, self.config.port):
+            kept.append("listen")
+        if new.workers != self.config.workers:
+            kept.append("workers")
+        new = replace(new, host=self.config.host, port=self.config.port,
+                      workers=self.config.workers)
+        if new.limits.max_concurrent_queries != self.config.limits.max_concurrent_queries:
+            self.sem = asyncio.Semaphore(new.limits.max_concurrent_queries)
+        self.pool.cpu_limit = new.limits.query_cpu_seconds
+        self.pool.memory_limit = new.limits.max_worker_memory_bytes
+        if new.engine:
+            self.default_engine = new.engine
+        self.config = new
+        self.log("reloaded", exports=sorted(new.exports), tenants=len(new.tenants),
+                 restart_needed_for=kept)
 
     def request_stop(self, why: str = "request") -> None:
         if not self.stopping.is_set():
@@ -434,8 +473,9 @@ class Daemon:
             raise LimitExceeded(f"the daemon is busy ({self.waiting} queries waiting)")
         self.waiting += 1
         self.idle.clear()
+        sem = self.sem  # this one: a reload may put a new semaphore in place meanwhile
         try:
-            await self.sem.acquire()
+            await sem.acquire()
         except BaseException:
             self.waiting -= 1
             self._maybe_idle()
@@ -454,7 +494,7 @@ class Daemon:
                                                        progress, size)
         finally:
             self.active -= 1
-            self.sem.release()
+            sem.release()
             self._maybe_idle()
 
         state = merged.get("state", {})
@@ -659,19 +699,20 @@ def _listdir(r: Resolved, export_root: Path) -> list[dict[str, Any]]:
     return out
 
 
-async def run_daemon(config: Config, log: Log | None = None) -> None:
-    """Start, serve until SIGTERM/SIGINT, shut down gracefully."""
-    daemon = Daemon(config, log)
+async def run_daemon(config: Config, log: Log | None = None,
+                     config_path: str | None = None) -> None:
+    """Start, serve until SIGTERM/SIGINT (SIGHUP reloads the config), shut down gracefully."""
+    daemon = Daemon(config, log, config_path)
     await daemon.start()
     await daemon.serve()
 
 
-def main_serve(config: Config) -> int:
+def main_serve(config: Config, config_path: str | None = None) -> int:
     """`stord serve`: run the daemon on uvloop; returns the process exit code."""
     import uvloop
     log = Log(config.log_format)
     try:
-        uvloop.run(run_daemon(config, log))
+        uvloop.run(run_daemon(config, log, config_path))
     except StordError as e:
         log.error("fatal", code=e.code, message=str(e))
         return 1

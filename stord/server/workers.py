@@ -149,6 +149,7 @@ def run_task(task: dict[str, Any], cache: ProgramCache) -> Any:
 
 
 def worker_main(conn: Connection, cpu_limit: float) -> None:
+    """`cpu_limit`: the RLIMIT_CPU backstop per task unless the task carries its own."""
     """Entry point of a worker process: serve tasks until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # ^C goes to the daemon, which stops us
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -162,7 +163,7 @@ def worker_main(conn: Connection, cpu_limit: float) -> None:
             return
         if task is None:
             return
-        _arm_cpu_limit(cpu_limit)
+        _arm_cpu_limit(task.get("cpu_limit", cpu_limit))
         try:
             reply: tuple[Any, ...] = ("ok", run_task(task, cache))
         except StordError as e:
@@ -304,6 +305,7 @@ class WorkerPool:
                 self._release(w)
                 raise Cancelled("query cancelled")
             owner.workers.add(w)
+        task = dict(task, cpu_limit=self.cpu_limit)  # current limit (SIGHUP may change it)
         w.busy, w.kill_reason, w.cpu_start = True, None, w.cpu_time()
         w.limited = task.get("op") == "query"  # limits apply to programs, not to housekeeping
         w.tasks += 1
