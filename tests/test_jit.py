@@ -347,3 +347,24 @@ def test_context_reads_of_a_chunk_run_match_interp(size: int) -> None:
         except ProgramFault:
             calls.append("fault")
     assert calls[0] == calls[1]
+
+
+def test_tiered_code_switches_between_chunks(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast code runs first; the background O2 code takes over between chunks."""
+    if jit_compile.PIPELINE != "tiered":
+        pytest.skip(f"STORD_JIT_PIPELINE={jit_compile.PIPELINE}: no tiers to switch")
+    monkeypatch.setenv("STORD_JIT_CACHE", str(tmp_path))
+    jit_compile.clear_memory_cache()
+    prog = stats(col=2, header=1, scale=5)
+    inst = jit.load(prog)
+    assert inst.compiled.tier == "fast"
+    half = len(CSV) // 2
+    inst.run_chunk(CSV[:half], 0, False)
+    jit_compile.wait_for_upgrades()
+    inst.run_chunk(CSV[half:], half, True)
+    assert inst.compiled.tier == "o2"
+    assert decode(prog, inst.read_state()) == run(interp, prog, CSV)
+    assert jit.load(prog).compiled.tier == "o2"          # the cache now holds O2 code
+    assert list(tmp_path.glob("*.fast.o")) and [p for p in tmp_path.glob("*.o")
+                                                 if not p.name.endswith(".fast.o")]

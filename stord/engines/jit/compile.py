@@ -12,6 +12,7 @@ On-disk cache: $STORD_JIT_CACHE, else the toolchain's cache directory + /jit
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import ctypes.util
 import functools
@@ -24,7 +25,7 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import llvmlite
@@ -39,11 +40,18 @@ from stord.program.model import Program
 # Part of every cache key, with a hash of the translator's source files.
 TRANSLATOR_VERSION = "6"
 
-# "fast" (default): a short custom pass list; "o2": LLVM's full O2 pipeline.
-PIPELINE = os.environ.get("STORD_JIT_PIPELINE", "fast")
+# "tiered" (default): code from a short pass list at once, then LLVM's O2 pipeline in a
+# background thread, swapped in between chunks and kept in the caches; "fast" or "o2": one.
+PIPELINE = os.environ.get("STORD_JIT_PIPELINE", "tiered")
 
 ENTRY_TYPE = ctypes.CFUNCTYPE(ctypes.c_uint64, ctypes.c_void_p, ctypes.c_uint64,
                               ctypes.c_uint64)
+
+
+@dataclass
+class Slot:
+    """Shared by every Compiled of one key: the fully optimised code once it is ready."""
+    best: Compiled | None = None
 
 
 @dataclass
@@ -53,6 +61,8 @@ class Compiled:
     engine: llvm.ResourceTracker   # keeps the code mapped
     seconds: float                 # translate + optimise + emit (0 when loaded from disk)
     source: str                    # "compiled", "disk" or "memory"
+    tier: str = "o2"               # "fast" until the background O2 code replaces it
+    slot: Slot = field(default_factory=Slot)
 
 
 _lock = threading.Lock()
@@ -126,6 +136,7 @@ def cache_dir() -> Path | None:
 
 
 _templates: OrderedDict[str, str] = OrderedDict()
+_tlock = threading.Lock()   # the background O2 compiles translate too
 TEMPLATE_ENTRIES = 32
 
 
@@ -146,7 +157,8 @@ def build_ir(prog: Program, helpers: str, fresh: bool = False) -> str:
     parameter values, so it is done once per program and helper set (a template kept in
     memory) and each parameter set only fills in the .rodata initialisers."""
     key = template_key(prog, helpers)
-    text = None if fresh else _templates.get(key)
+    with _tlock:
+        text = None if fresh else _templates.get(key)
     if text is None:
         raw = None if fresh else _disk_read(key, ".ll")
         if raw is not None:
@@ -156,11 +168,10 @@ def build_ir(prog: Program, helpers: str, fresh: bool = False) -> str:
             text = str(ModuleTranslator(prog, helper_set, chunk=variant == "chunk").build())
         if raw is None:
             _disk_write(key, text.encode(), ".ll")
-        _templates[key] = text
-        while len(_templates) > TEMPLATE_ENTRIES:
-            _templates.popitem(last=False)
-    else:
-        _templates.move_to_end(key)
+        with _tlock:
+            _templates[key] = text
+            while len(_templates) > TEMPLATE_ENTRIES:
+                _templates.popitem(last=False)
     for i, m in enumerate(prog.maps):
         if ModuleTranslator.is_readonly(m):
             blank, filled = rodata_line(prog, i)
@@ -170,7 +181,7 @@ def build_ir(prog: Program, helpers: str, fresh: bool = False) -> str:
     return text
 
 
-def optimise(ir_text: str) -> llvm.ModuleRef:
+def optimise(ir_text: str, pipeline: str = "fast") -> llvm.ModuleRef:
     tm = target_machine()
     try:
         mod = llvm.parse_assembly(ir_text)
@@ -180,7 +191,7 @@ def optimise(ir_text: str) -> llvm.ModuleRef:
     mod.triple = tm.triple
     mod.data_layout = str(tm.target_data)
     pb = llvm.create_pass_builder(tm, llvm.create_pipeline_tuning_options(speed_level=2))
-    if PIPELINE == "o2":
+    if pipeline == "o2":
         pb.getModulePassManager().run(mod, pb)
         return mod
     # A short pipeline: the translator already inlines nothing by hand but marks every
@@ -208,11 +219,11 @@ def optimise(ir_text: str) -> llvm.ModuleRef:
     return mod
 
 
-def compile_object(prog: Program, helpers: str) -> bytes:
+def compile_object(prog: Program, helpers: str, pipeline: str = "fast") -> bytes:
     try:
-        mod = optimise(build_ir(prog, helpers))
+        mod = optimise(build_ir(prog, helpers), pipeline)
     except CompileError:
-        mod = optimise(build_ir(prog, helpers, fresh=True))   # a damaged cached template
+        mod = optimise(build_ir(prog, helpers, fresh=True), pipeline)   # damaged template
     return target_machine().emit_object(mod)
 
 
@@ -283,29 +294,82 @@ def get_compiled(prog: Program, helpers: str,
         hit = _memory.get(key)
         if hit is not None:
             _memory.move_to_end(key)
-            return Compiled(hit.key, hit.entry, hit.engine, 0.0, "memory")
+            best = hit.slot.best or hit
+            return Compiled(best.key, best.entry, best.engine, 0.0, "memory", best.tier,
+                            hit.slot)
         if validate is not None:
             validate()
-        obj = _disk_read(key)
-        if obj is not None:
-            try:
-                c = _load(key, obj, 0.0, "disk")
-            except (RuntimeError, CompileError):
-                obj = None   # a damaged cache file: compile again below
-        if obj is None:
+        c = None
+        tiered = PIPELINE == "tiered"
+        for suffix, tier in ((".o", "o2"), (".fast.o", "fast")) if tiered else ((".o", ""),):
+            obj = _disk_read(key, suffix)
+            if obj is not None:
+                try:
+                    c = _load(key, obj, 0.0, "disk")
+                    c.tier = tier or PIPELINE
+                    break
+                except (RuntimeError, CompileError):
+                    c = None   # a damaged cache file: compile again below
+        if c is None:
             t0 = time.perf_counter()
-            obj = compile_object(prog, helpers)
-            seconds = time.perf_counter() - t0
-            c = _load(key, obj, seconds, "compiled")
-            _disk_write(key, obj)
+            first = "fast" if tiered else PIPELINE
+            obj = compile_object(prog, helpers, first)
+            c = _load(key, obj, time.perf_counter() - t0, "compiled")
+            c.tier = first
+            _disk_write(key, obj, ".fast.o" if tiered else ".o")
         _memory[key] = c
         while len(_memory) > MEMORY_CACHE_ENTRIES:
             _memory.popitem(last=False)
+        if tiered and c.tier == "fast":
+            _start_upgrade(prog, helpers, key, c.slot)
         return c
+
+
+_upgrades: list[threading.Thread] = []
+
+
+def _start_upgrade(prog: Program, helpers: str, key: str, slot: Slot) -> None:
+    """Compile the O2 code in the background (LLVM releases the GIL: the chunks keep
+    running on the fast code meanwhile); instances switch to it between chunks."""
+    def work() -> None:
+        try:
+            t0 = time.perf_counter()
+            obj = compile_object(prog, helpers, "o2")
+            seconds = time.perf_counter() - t0
+            with _lock:
+                c = _load(key, obj, seconds, "compiled")
+                c.slot = slot
+                slot.best = c
+                if key in _memory:
+                    _memory[key] = c
+            _disk_write(key, obj, ".o")
+        except Exception:  # noqa: BLE001 - the fast code keeps serving; nothing to report
+            pass
+
+    t = threading.Thread(target=work, name="stord-jit-o2", daemon=True)
+    _upgrades[:] = [u for u in _upgrades if u.is_alive()] + [t]
+    t.start()
+
+
+def wait_for_upgrades(timeout: float | None = None) -> None:
+    """Join the background O2 compiles (tests, benchmarks, interpreter exit)."""
+    for t in list(_upgrades):
+        t.join(timeout)
+
+
+def _after_fork_in_child() -> None:
+    global _lock, _tlock
+    _lock = threading.Lock()   # a compile thread of the parent may have held them
+    _tlock = threading.Lock()
+    _upgrades.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(wait_for_upgrades, 10.0)
 
 
 def clear_memory_cache() -> None:
     """Forget compiled code and translation templates kept in this process."""
-    with _lock:
+    with _lock, _tlock:
         _memory.clear()
         _templates.clear()

@@ -210,6 +210,11 @@ class JitInstance(base.Instance):
             return 0
 
     def run_chunk(self, data: bytes | memoryview, offset: int, last: bool) -> int:
+        best = self.compiled.slot.best
+        if best is not None and best is not self.compiled:
+            # the background O2 code is ready: same program, same state, faster code
+            self.compiled = best
+            self._entry = best.entry
         view = _PyBuffer()
         try:
             _get_buffer(data, ctypes.byref(view), PYBUF_SIMPLE)
