@@ -211,12 +211,12 @@ def test_async_client_concurrent_queries(daemon, engine, data_root) -> None:
 
 
 def test_async_cancel_kills_the_query(daemon_factory, engine) -> None:
-    from test_server import ENDLESS
+    from test_server import RUNAWAY
     d = daemon_factory("cancel", limits="query_cpu_seconds = 120", budget=HUGE_BUDGET)
 
     async def main() -> dict:
         async with AsyncClient(d.address, token=ALICE) as c:
-            task = asyncio.create_task(c.query("data/sensors.csv", ENDLESS, engine=engine))
+            task = asyncio.create_task(c.query("data/sensors.csv", RUNAWAY, engine=engine))
             deadline = time.monotonic() + 60
             while not (await c.stats())["busy_pids"] and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)

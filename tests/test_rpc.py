@@ -250,11 +250,11 @@ def test_idle_half_sent_connection_is_closed(daemon_factory):
 
 def test_cancel_request_by_msgid(daemon_factory, engine):
     from conftest import ALICE, HUGE_BUDGET
-    from test_server import ENDLESS
+    from test_server import RUNAWAY
     d = daemon_factory("rawcancel", limits="query_cpu_seconds = 120", budget=HUGE_BUDGET)
     c = RawRPC(d.address)
     try:
-        c.send([0, 1, "query", [{"path": "data/sensors.csv", "program": ENDLESS,
+        c.send([0, 1, "query", [{"path": "data/sensors.csv", "program": RUNAWAY,
                                  "engine": engine, "token": ALICE}]])
         busy = []
         while not busy:

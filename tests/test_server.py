@@ -30,6 +30,21 @@ SEC("xdp") int endless(struct xdp_md *ctx)
 char LICENSE[] SEC("license") = "GPL";
 """
 
+# A runaway that no compiler can fold away (the helper call is opaque to LLVM): with a
+# huge budget only the CPU-time limit stops it, also as native jit code.
+RUNAWAY = r"""
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+__u64 acc;
+SEC("xdp") int runaway(struct xdp_md *ctx)
+{
+    for (;;)
+        acc += bpf_ktime_get_ns();
+    return XDP_PASS;
+}
+char LICENSE[] SEC("license") = "GPL";
+"""
+
 OUT_OF_BOUNDS = r"""
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -250,7 +265,7 @@ def test_cpu_limit_kills_runaway_worker(daemon_factory, sandbox_engine) -> None:
     d = daemon_factory(f"cpu-{engine}", limits="query_cpu_seconds = 1.5", budget=HUGE_BUDGET)
     with Client(d.address, token=ALICE) as c:
         with pytest.raises(StordError) as e:
-            c.query("data/sensors.csv", ENDLESS, engine=engine)
+            c.query("data/sensors.csv", RUNAWAY, engine=engine)
         assert code_of(e) == "limit_exceeded" and "CPU time" in str(e.value)
         assert c.query("data/sensors.csv", "count", engine=engine).value is not None
         assert c.stats()["worker_restarts"] == 1
@@ -265,7 +280,7 @@ def test_worker_killed_mid_query_fails_only_that_query(daemon_factory, engine) -
         def victim() -> None:
             try:
                 with Client(d.address, token=ALICE) as v:
-                    v.query("data/sensors.csv", ENDLESS, engine=engine)
+                    v.query("data/sensors.csv", RUNAWAY, engine=engine)
                 box["err"] = None
             except BaseException as e:  # noqa: BLE001 - the test inspects it
                 box["err"] = e
@@ -309,7 +324,7 @@ def test_sigterm_cancels_runaway_after_grace(daemon_factory, engine) -> None:
     def victim() -> None:
         try:
             with Client(d.address, token=ALICE) as v:
-                v.query("data/sensors.csv", ENDLESS, engine=engine)
+                v.query("data/sensors.csv", RUNAWAY, engine=engine)
             box["err"] = None
         except BaseException as e:  # noqa: BLE001
             box["err"] = e
@@ -390,12 +405,12 @@ def test_memory_limit_kills_worker(daemon_factory, engine) -> None:
                        "query_cpu_seconds = 120", budget=HUGE_BUDGET)
     with Client(d.address, token=ALICE) as c:
         with pytest.raises(StordError) as e:
-            c.query("data/sensors.csv", ENDLESS, engine=engine)
+            c.query("data/sensors.csv", RUNAWAY, engine=engine)
         assert code_of(e) == "limit_exceeded" and "memory" in str(e.value)
         assert c.ping()["version"]
 
 
-@pytest.mark.parametrize("src", [ENDLESS, OUT_OF_BOUNDS, WILD_POINTER])
+@pytest.mark.parametrize("src", [ENDLESS, RUNAWAY, OUT_OF_BOUNDS, WILD_POINTER])
 def test_kernel_engine_refuses_hostile_programs(daemon, src) -> None:
     from stord.engines.base import available_engines
     reason = available_engines().get("kernel")
