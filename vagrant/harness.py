@@ -177,18 +177,19 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("test", help="selftest and tests/vm in the VM")
     t.add_argument("pytest_args", nargs="*")
-    b = sub.add_parser("bench", help="vagrant/bench.py in the VM")
-    b.add_argument("bench_args", nargs=argparse.REMAINDER)
+    sub.add_parser("bench", help="vagrant/bench.py in the VM; other arguments go to it")
     r = sub.add_parser("run", help="run a shell command in the VM")
     r.add_argument("command", nargs=argparse.REMAINDER)
-    a = ap.parse_args(argv)
+    a, extra = ap.parse_known_args(argv)
+    if extra and a.cmd != "bench":
+        ap.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if a.cmd == "test":
             prepare_host()
             script = test_script(a.pytest_args)
         elif a.cmd == "bench":
             prepare_host()
-            args = " ".join(shlex.quote(x) for x in a.bench_args)
+            args = " ".join(shlex.quote(x) for x in extra)
             script = (f"{_guest_cache()}\ncd {shlex.quote(str(REPO))} && PYTHONDONTWRITEBYTECODE=1 "
                       f"STORD_CACHE_DIR=/tmp/stord-cache {shlex.quote(_python())} "
                       f"-m vagrant.bench --out /tmp/work/bench.json {args}\n")
