@@ -215,3 +215,16 @@ def test_describe_is_the_stats_builtin(daemon, engine, data_root) -> None:
     assert r["min"] == pytest.approx(float(min(vals))) and r["max"] == pytest.approx(
         float(max(vals)))
     assert r["avg"] == pytest.approx(float(sum(vals) / len(vals)), rel=1e-12)
+
+
+@pytest.mark.parametrize("delim, flag", [("\t", "tab"), (";", ";"), ("|", "|")])
+def test_other_delimiters_by_column_name(daemon, engine, data_root, delim, flag) -> None:
+    rows = [["k", "v w"], ["a", "1.25"], ["b", "-3"], ["a", "x"], ["c", "10"]]
+    path = data_root / "data" / f"delim{ord(delim)}.csv"
+    path.write_text("\n".join(delim.join(r) for r in rows) + "\n")
+    p = run("sum", f"data/{path.name}", "--column", "v w", "--delimiter", flag, "--engine",
+            engine, "--json", host=daemon.address)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["result"] == pytest.approx(1.25 - 3 + 10)
+    assert out["stats"]["skipped"] == 1

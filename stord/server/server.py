@@ -656,6 +656,10 @@ def _pack_sized(msgid: int | None, reply: dict[str, Any]) -> bytes:
 
 def read_header(path: os.PathLike[str] | str, delimiter: Any) -> list[str] | None:
     """The first CSV record's fields (only the header; nothing else of the file leaves here)."""
+    if isinstance(delimiter, bytes):
+        delimiter = delimiter.decode("latin-1")
+    if delimiter in ("tab", "\\t"):  # as stord.query.builtins accepts it
+        delimiter = "\t"
     delim = delimiter if isinstance(delimiter, str) and len(delimiter) == 1 else ","
     try:
         with open(path, "rb") as f:
