@@ -194,27 +194,17 @@ def optimise(ir_text: str, pipeline: str = "fast") -> llvm.ModuleRef:
     if pipeline == "o2":
         pb.getModulePassManager().run(mod, pb)
         return mod
-    # A short pipeline: the translator already inlines nothing by hand but marks every
-    # subprogram alwaysinline, hoists invariant loads and keeps budget/status in a local,
-    # so SROA + instcombine + GVN + CFG cleanup give O2's code at a fraction of its time.
+    # A short pipeline (the first tier, or the only one with STORD_JIT_PIPELINE=fast): the
+    # translator marks subprograms alwaysinline, hoists invariant loads and keeps budget and
+    # status in a local, so inlining, SROA (registers, then the eBPF stack once inlined
+    # constants made its addresses constant), instcombine and CFG cleanup: measured as fast
+    # as a longer list with SCCP, jump threading and GVN, in about half the time.
     mpm = llvm.create_new_module_pass_manager()
     mpm.add_always_inliner_pass()
-    mpm.add_sroa_pass()
-    mpm.add_instruction_combine_pass()
-    mpm.add_simplify_cfg_pass()
-    mpm.add_sccp_pass()
-    mpm.add_jump_threading_pass()
-    mpm.add_new_gvn_pass()
-    mpm.add_instruction_combine_pass()
-    mpm.add_simplify_cfg_pass()
-    # now that inlined callers' constants made stack addresses constant, SROA can turn the
-    # eBPF stack slots (e.g. a bpf_loop context struct) into registers
-    mpm.add_sroa_pass()
-    mpm.add_new_gvn_pass()
-    mpm.add_instruction_combine_pass()
-    mpm.add_simplify_cfg_pass()
-    mpm.add_dead_store_elimination_pass()
-    mpm.add_aggressive_dce_pass()
+    for _ in range(2):
+        mpm.add_sroa_pass()
+        mpm.add_instruction_combine_pass()
+        mpm.add_simplify_cfg_pass()
     mpm.run(mod, pb)
     return mod
 
