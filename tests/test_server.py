@@ -314,6 +314,7 @@ def test_sigterm_is_graceful(daemon_factory, engine) -> None:
     assert events.index("listening") < events.index("stopping") < events.index("stopped")
     stopped = [r for r in d.log_lines() if r["event"] == "stopped"][0]
     assert stopped["served"] >= 1
+    assert "raw" not in events  # nothing but structured log lines on stderr
 
 
 def test_sigterm_cancels_runaway_after_grace(daemon_factory, engine) -> None:
@@ -474,3 +475,47 @@ def _wait_event(d, event: str) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"no {event} in the daemon log")
+
+
+SLOW = r"""
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+const volatile __u64 rounds = 1;
+__u64 done;
+SEC("xdp") int slow(struct xdp_md *ctx)
+{
+    __u64 acc = 0;
+    for (__u64 i = 0; i < rounds; i++)
+        acc += bpf_ktime_get_ns() & 1;
+    done += 1 + (acc > rounds);
+    return XDP_PASS;
+}
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+def test_sigterm_lets_in_flight_query_finish(daemon_factory, engine) -> None:
+    d = daemon_factory("term3", limits="query_cpu_seconds = 120", budget=HUGE_BUDGET, grace=60)
+    box: dict[str, object] = {}
+
+    def client() -> None:
+        try:
+            with Client(d.address, token=ALICE) as v:
+                box["value"] = v.query("data/sensors.csv", SLOW, engine=engine,
+                                       rounds=300_000).value
+        except BaseException as e:  # noqa: BLE001 - the test inspects it
+            box["err"] = e
+
+    t = threading.Thread(target=client)
+    t.start()
+    with Client(d.address, token=ALICE) as c:
+        deadline = time.monotonic() + 60
+        while not c.stats()["busy_pids"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert d.stop(timeout=120) == 0
+    t.join(60)
+    assert "err" not in box, box.get("err")
+    assert box["value"] == {"done": 1}
+    events = [r["event"] for r in d.log_lines()]
+    assert "shutdown_cancel" not in events and events[-1] == "stopped"
+    assert "raw" not in events  # no traceback from tearing connections down

@@ -67,6 +67,7 @@ class Conn:
     queries: dict[int, Owner] = field(default_factory=dict)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     closed: bool = False
+    handler: asyncio.Task[Any] | None = None   # the task reading this connection
 
     def send(self, data: bytes) -> None:
         if not self.closed and not self.writer.is_closing():
@@ -196,10 +197,13 @@ class Daemon:
             for t in list(c.tasks):
                 t.cancel()
         await asyncio.sleep(0)
+        handlers = [c.handler for c in self.conns if c.handler is not None]
         for c in list(self.conns):
             with contextlib.suppress(Exception):
                 await c.writer.drain()
             c.writer.close()
+        if handlers:  # let each connection's reader see the close and finish on its own
+            await asyncio.wait(handlers, timeout=5)
         await self.pool.close()
         self.log("stopped", served=self.counters.queries_served,
                  failed=self.counters.queries_failed)
@@ -216,6 +220,7 @@ class Daemon:
             writer.close()
             return
         conn = Conn(next(self._ids), peer_s, writer)
+        conn.handler = asyncio.current_task()
         self.conns.add(conn)
         self.counters.connections_total += 1
         unpacker = rpc.make_unpacker(self.config.limits.max_request_bytes)
