@@ -215,8 +215,7 @@ def test_fuzzed_messages_never_break_the_daemon(daemon, kind, msgid, method, par
             assert isinstance(msg, list) and msg[0] == 1
             if msg[2] is not None:
                 assert set(msg[2]) == {"code", "message"}
-            if msg[1] == 4242:
-                assert msg[2] is None
+            if msg[1] == 4242 and msg[2] is None:  # (a fuzzed request may use 4242 too)
                 break
         else:
             pytest.fail("no reply to the ping")
