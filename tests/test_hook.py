@@ -140,7 +140,7 @@ def test_vm_boots_and_reports_the_exit_status() -> None:
     if shutil.which("qemu-system-x86_64") is None:
         pytest.skip("qemu-system-x86_64 not installed")
     res = harness.run_in_vm('echo "release=$(uname -r) hook=$(grep -c '
-                            'stord_read_hook_attach /proc/kallsyms)"; exit 7\n',
+                            'stord_read_hook_folio /proc/kallsyms)"; exit 7\n',
                             kernel=kernel, timeout=300, echo=False)
     assert res.rc == 7
     assert "STORD-VM-EXIT 7" in res.console
