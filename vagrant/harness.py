@@ -147,7 +147,7 @@ status=0
 cd {shlex.quote(str(REPO))}
 {_guest_cache()}
 export PYTHONDONTWRITEBYTECODE=1 STORD_IN_VM=1 STORD_CACHE_DIR=/tmp/stord-cache
-{shlex.quote(_python())} -m pytest -q -p no:cacheprovider tests/vm {args} || status=1
+{shlex.quote(_python())} -m pytest -q -p no:cacheprovider --color=no -rs tests/vm {args} || status=1
 exit $status
 """
 

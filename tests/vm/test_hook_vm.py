@@ -195,3 +195,18 @@ def test_file_outside_the_page_cache_is_an_error(tmp_path: Path) -> None:
     with HookEngine().load(program("count")) as inst, open(path, "rb") as f, \
             pytest.raises(EngineUnavailable, match="filemap_read"):
         inst.run_file(f.fileno(), 0, path.stat().st_size)
+
+
+def test_executor_runs_the_hook_engine(sample: tuple[Path, bytes]) -> None:
+    """The daemon's path: execute() over record-aligned ranges, merged, equals interp."""
+    from stord.query.executor import execute, merge_ranges, plan_ranges
+
+    path, data = sample
+    prog = program("groupby")
+    ranges = plan_ranges(data, 3)
+    assert len(ranges) > 1
+    budget = 1 << 40
+    hook = merge_ranges([execute(prog, str(path), engine="hook", start=a, end=b, budget=budget)
+                         for a, b in ranges])
+    want = execute(prog, str(path), engine="interp", budget=budget)
+    assert hook["state"] == want["state"]
