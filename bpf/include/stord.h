@@ -143,6 +143,15 @@ static const __u64 stord_pow10[STORD_MAX_SCALE + 1] = {
 	100000000000000000ULL, 1000000000000000000ULL,
 };
 
+/* S64_MAX / 10^k: the largest magnitude that still fits once scaled by 10^k (a table, so
+ * that the end of every number costs a load rather than a 64-bit division). */
+static const __u64 stord_num_limit[STORD_MAX_SCALE + 1] = {
+	9223372036854775807ULL, 922337203685477580ULL, 92233720368547758ULL, 9223372036854775ULL,
+	922337203685477ULL, 92233720368547ULL, 9223372036854ULL, 922337203685ULL, 92233720368ULL,
+	9223372036ULL, 922337203ULL, 92233720ULL, 9223372ULL, 922337ULL, 92233ULL, 9223ULL, 922ULL,
+	92ULL, 9ULL,
+};
+
 static __always_inline void stord_num_feed(__u64 *acc, __u32 *st, __u8 c, __u32 scale)
 {
 	__u32 s = *st | STORD_NUM_ANY;
@@ -177,7 +186,6 @@ static __always_inline void stord_num_feed(__u64 *acc, __u32 *st, __u8 c, __u32 
 static __always_inline int stord_num_end(__u64 acc, __u32 st, __u32 scale, __s64 *out)
 {
 	__u32 fd = st >> 8, k;
-	__u64 p;
 
 	if (!(st & STORD_NUM_ANY))
 		return STORD_NUM_EMPTY;
@@ -192,10 +200,9 @@ static __always_inline int stord_num_end(__u64 acc, __u32 st, __u32 scale, __s64
 	k = scale - fd;
 	if (k > STORD_MAX_SCALE)
 		return STORD_NUM_OVERFLOW;
-	p = stord_pow10[k];
-	if (acc > (__u64)STORD_S64_MAX / p)
+	if (acc > stord_num_limit[k])
 		return STORD_NUM_OVERFLOW;
-	acc *= p;
+	acc *= stord_pow10[k];
 	*out = (st & STORD_NUM_NEG) ? -(__s64)acc : (__s64)acc;
 	return STORD_NUM_OK;
 }
@@ -257,15 +264,16 @@ static __always_inline void stord_csv_key_byte(__u8 c)
 
 static __always_inline void stord_csv_content(__u32 c, __u32 column, __u64 *acc, __u32 *nst)
 {
-	if (column == (__u32)col)
+	/* col/key_col are frozen parameters: a -1 (none) folds the test away */
+	if (col >= 0 && column == (__u32)col)
 		stord_num_feed(acc, nst, c, scale);
-	if (column == (__u32)key_col)
+	if (key_col >= 0 && column == (__u32)key_col)
 		stord_csv_key_byte(c);
 }
 
 static __always_inline void stord_csv_field_end(__u32 column, __u64 acc, __u32 nst)
 {
-	if (column == (__u32)col)
+	if (col >= 0 && column == (__u32)col)
 		stord_csv.rec.num_status = stord_num_end(acc, nst, scale, &stord_csv.rec.num);
 }
 
@@ -281,7 +289,8 @@ static __always_inline void stord_csv_record_end(__u32 column, __u32 fl)
 		stord_csv_record(r);
 	r->num_status = STORD_NUM_EMPTY;
 	r->key_len = 0;
-	__builtin_memset(r->key, 0, STORD_KEY_LEN);
+	if (key_col >= 0)
+		__builtin_memset(r->key, 0, STORD_KEY_LEN);
 }
 
 /* The loop state of one chunk (bpf_loop's context, on the stack); stord_csv between. */
@@ -308,9 +317,8 @@ static long stord_csv_byte(__u32 idx, void *arg)
 		w->error = 1;
 		return 1;
 	}
-	if (c > '"' && c != delim) { /* the common byte: no quote, CR, LF, delimiter */
-		if ((fl & (STORD_CSV_SEEN | STORD_CSV_PQ)) != STORD_CSV_SEEN)
-			w->fl = (fl | STORD_CSV_SEEN) & ~STORD_CSV_PQ;
+	if (c > '"' && c != delim) { /* ordinary in a quoted field, or the first of a record */
+		w->fl = (fl | STORD_CSV_SEEN) & ~STORD_CSV_PQ;
 		stord_csv_content(c, w->column, &w->acc, &w->nst);
 		return 0;
 	}
