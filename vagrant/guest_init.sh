@@ -12,6 +12,7 @@ mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
 mount -t bpf bpf /sys/fs/bpf
+ip link set lo up 2>/dev/null || busybox ip link set lo up   # daemons listen on 127.0.0.1
 mkdir -p /tmp/work
 if mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 stordwork /tmp/work; then
     cd /tmp/work && sh ./run.sh
@@ -22,4 +23,5 @@ if mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 stordwork /tmp/work
 else
     echo "STORD-VM-EXIT 125 (no work directory)"
 fi
-exec busybox reboot -f
+busybox reboot -f 2>/dev/null || reboot -ff
+# if neither could reboot, init exits: the kernel panics and panic=-1 reboots (qemu stops)

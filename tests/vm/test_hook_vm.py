@@ -210,3 +210,27 @@ def test_executor_runs_the_hook_engine(sample: tuple[Path, bytes]) -> None:
                          for a, b in ranges])
     want = execute(prog, str(path), engine="interp", budget=budget)
     assert hook["state"] == want["state"]
+
+
+def test_daemon_answers_through_the_hook(ramfs: Path, sample: tuple[Path, bytes],
+                                         tmp_path: Path) -> None:
+    """stord serve with the hook engine, split ranges, queried over TCP like a user: the
+    same answers as the interp engine on the same daemon."""
+    from stord_client import Client
+
+    from stord.server.launch import start_daemon
+
+    cfg = tmp_path / "stord.toml"
+    cfg.write_text(f'listen = "127.0.0.1:0"\nworkers = 1\nsplit_bytes = 4096\n'
+                   f'range_bytes = 8192\n[exports]\ndata = "{ramfs}"\n')
+    daemon = start_daemon(cfg, tmp_path / "stord.log")
+    try:
+        with Client(daemon.address) as c:
+            for prog, params in (("avg", {"column": "value"}), ("count", {}),
+                                 ("grep", {"pattern": "999,"})):
+                got = c.query(f"data/{sample[0].name}", prog, engine="hook", **params)
+                want = c.query(f"data/{sample[0].name}", prog, engine="interp", **params)
+                assert got.value == want.value, prog
+                assert got.stats["engine"] == "hook" and got.stats["ranges"] > 1
+    finally:
+        daemon.stop()
