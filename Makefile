@@ -36,6 +36,11 @@ bench: setup
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 kernel-test: setup
+	@missing=$$(for p in qemu-system-x86 busybox-static; do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing $$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
 	bash kernel_patch/build.sh
 	$(BIN)/python -m vagrant.harness test
 
