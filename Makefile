@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	fi
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,bench]'
 	touch $(STAMP)
 
 demo: setup
@@ -26,7 +26,7 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check stord clients tests bench
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --ignore=tests/vm tests  # tests/vm run inside the VM: make kernel-test
 
 lint: setup
 	$(BIN)/ruff check stord clients tests bench

@@ -9,8 +9,10 @@ import struct
 
 import msgpack
 import pytest
+from conftest import ALICE, HUGE_BUDGET
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_server import RUNAWAY
 
 import stord
 from stord.engines.base import ENGINES
@@ -248,8 +250,6 @@ def test_idle_half_sent_connection_is_closed(daemon_factory):
 
 
 def test_cancel_request_by_msgid(daemon_factory, engine):
-    from conftest import ALICE, HUGE_BUDGET
-    from test_server import RUNAWAY
     d = daemon_factory("rawcancel", limits="query_cpu_seconds = 120", budget=HUGE_BUDGET)
     c = RawRPC(d.address)
     try:
