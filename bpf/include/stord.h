@@ -113,6 +113,30 @@ static __always_inline int stord_byte(struct xdp_md *ctx, __u32 idx, __u32 len)
 	return stord_buf[k];
 }
 
+/* Window widx of a chunk of len bytes into stord_buf; returns its length (1..STORD_WINDOW),
+ * or -1 (past the end, or the helper failed: return STORD_ERROR). For the two-level walk:
+ * an outer bpf_loop over the windows calls this, then an inner bpf_loop over its bytes,
+ * which read stord_buf[idx & (STORD_WINDOW - 1)] with no per-byte window test (the CSV
+ * scanner below; the jit runs both loops natively, nested). */
+static __always_inline int stord_window(struct xdp_md *ctx, __u32 widx, __u32 len)
+{
+	__u32 off = widx * STORD_WINDOW, n;
+
+	if (off >= len)
+		return -1;
+	n = len - off;
+	if (n > STORD_WINDOW)
+		n = STORD_WINDOW;
+	if (n < 1) /* for the verifier: the helper's size is in [1, STORD_WINDOW] */
+		return -1;
+	if (bpf_xdp_load_bytes(ctx, off, stord_buf, n))
+		return -1;
+	return n;
+}
+
+/* Number of windows of a chunk of len bytes. */
+#define STORD_WINDOWS(len) (((len) + STORD_WINDOW - 1) / STORD_WINDOW)
+
 /* ---- decimal numbers as fixed-point integers -------------------------------------------
  * "[+-]digits[.digits]" (either digit run may be empty, not both) becomes value * 10^scale
  * in an __s64; digits beyond the scale are dropped (truncation toward zero, like the C
@@ -310,13 +334,8 @@ struct stord_csv_walk {
 static long stord_csv_byte(__u32 idx, void *arg)
 {
 	struct stord_csv_walk *w = arg;
-	int b = stord_byte(w->ctx, idx, w->len);
-	__u32 c = (__u32)b, fl = w->fl;
+	__u32 c = stord_buf[idx & (STORD_WINDOW - 1)], fl = w->fl;
 
-	if (b < 0) {
-		w->error = 1;
-		return 1;
-	}
 	if (c > '"' && c != delim) { /* ordinary in a quoted field, or the first of a record */
 		w->fl = (fl | STORD_CSV_SEEN) & ~STORD_CSV_PQ;
 		stord_csv_content(c, w->column, &w->acc, &w->nst);
@@ -359,6 +378,19 @@ static long stord_csv_byte(__u32 idx, void *arg)
 	return 0;
 }
 
+/* One window of the chunk: load it, then the byte callback over its bytes. */
+static long stord_csv_window(__u32 widx, void *arg)
+{
+	struct stord_csv_walk *w = arg;
+	int n = stord_window(w->ctx, widx, w->len);
+
+	if (n < 0 || bpf_loop(n, stord_csv_byte, w, 0) < 0) {
+		w->error = 1;
+		return 1;
+	}
+	return 0;
+}
+
 /* LAST: a final record without a newline; then clean scratch for a next range. */
 static __always_inline void stord_csv_flush(void)
 {
@@ -387,7 +419,7 @@ static __always_inline int stord_csv_main(struct xdp_md *ctx)
 	w.nst = stord_csv.nst;
 	w.column = stord_csv.col;
 	w.fl = stord_csv.fl;
-	if (ch.len && bpf_loop(ch.len, stord_csv_byte, &w, 0) < 0)
+	if (ch.len && bpf_loop(STORD_WINDOWS(ch.len), stord_csv_window, &w, 0) < 0)
 		return STORD_ERROR;
 	if (w.error)
 		return STORD_ERROR;
