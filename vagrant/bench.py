@@ -11,7 +11,9 @@ run, best of --repeat:
          does without the hook);
 - kernel: the same BPF code JIT-compiled by the same kernel, fed by read() and
          BPF_PROG_TEST_RUN per 3.5 KB (what the hook saves on plumbing, on equal code);
-- hook:  one read() through the hook, the program in the kernel, no copy-out.
+- hook:  one read() through the hook, the program in the kernel, no copy-out;
+- hook_skip_only: the hook with a program that returns XDP_DROP at once (the plumbing:
+         chunk bounce copy and one program call per page).
 Under qemu TCG every figure is emulated: only the ratios mean something, and only within
 one run.
 """
@@ -32,6 +34,7 @@ from pathlib import Path
 from stord.engines.hook.engine import HookEngine
 from stord.engines.jit.engine import JitEngine
 from stord.engines.kernel.engine import KernelEngine
+from stord.program.asm import assemble
 from stord.program.elf import load_object
 from stord.program.model import Program
 from stord.program.toolchain import builtin_object
@@ -108,6 +111,13 @@ def hook_run(prog: Program, path: Path, size: int) -> dict:
         return decode(prog, inst.read_state())
 
 
+def hook_plumbing(path: Path, size: int) -> None:
+    """The hook with a program that skips at once: what the read path itself costs."""
+    prog = Program("skip", "xdp", assemble("mov %r0, 1\nexit"), license="GPL")
+    with HookEngine().load(prog) as inst, open(path, "rb") as f:
+        inst.run_file(f.fileno(), 0, size)
+
+
 def best(fn: Callable[[], object], repeat: int) -> tuple[float, object]:
     times, out = [], None
     for _ in range(repeat):
@@ -137,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     t_jit, s_jit = best(lambda: jit_run(prog, path, size), a.repeat)
     t_kernel, s_kernel = best(lambda: kernel_run(prog, path, size), a.repeat)
     t_hook, s_hook = best(lambda: hook_run(prog, path, size), a.repeat)
-    secs = {"read": t_read, "jit": t_jit, "kernel": t_kernel, "hook": t_hook}
+    t_plumb, _ = best(lambda: hook_plumbing(path, size), a.repeat)
+    secs = {"read": t_read, "jit": t_jit, "kernel": t_kernel, "hook": t_hook,
+            "hook_skip_only": t_plumb}
     result = {
         "bytes": size, "repeat": a.repeat, "kernel": os.uname().release,
         "seconds": secs,

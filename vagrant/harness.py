@@ -6,7 +6,8 @@ is a tmpfs and a per-run host directory is shared writable at /tmp/work (results
 script to run, its exit status). vagrant/guest_init.sh is PID 1.
 
     python -m vagrant.harness test            # selftest + tests/vm inside the VM
-    python -m vagrant.harness bench [ARGS]    # vagrant/bench.py inside the VM
+    python -m vagrant.harness bench [ARGS]    # vagrant/bench.py inside the VM; JSON result
+                                              # also in kernel_patch/out/bench-hook.json
     python -m vagrant.harness run -- CMD...   # any command inside the VM
 
 Why TCG: nested KVM does not work on these machines (see /work/shared/ENVIRONMENT.md).
@@ -32,6 +33,7 @@ GUEST_INIT = REPO / "vagrant" / "guest_init.sh"
 EXIT_MARK = "STORD-VM-EXIT"
 DEFAULT_TIMEOUT = 1200.0   # seconds for one VM run; TCG runs Python ~10x slower than native
 DEFAULT_MEM_MB = 2048
+BENCH_RESULT = KERNEL_OUT / "bench-hook.json"   # the last `bench` run's JSON (bench/ reads it)
 
 
 class HarnessError(Exception):
@@ -197,10 +199,17 @@ def main(argv: list[str] | None = None) -> int:
             cmd = a.command[1:] if a.command[:1] == ["--"] else a.command
             script = " ".join(shlex.quote(x) for x in cmd) + "\n"
         started = time.monotonic()
-        res = run_in_vm(script, timeout=a.timeout, keep=a.keep)
+        res = run_in_vm(script, timeout=a.timeout, keep=a.keep or a.cmd == "bench")
     except HarnessError as e:
         print(f"harness: {e}", file=sys.stderr)
         return 2
+    if a.cmd == "bench":
+        result = res.workdir / "bench.json"
+        if result.exists():
+            BENCH_RESULT.write_bytes(result.read_bytes())
+            print(f"harness: bench result in {BENCH_RESULT}", file=sys.stderr)
+        if not a.keep:
+            shutil.rmtree(res.workdir, ignore_errors=True)
     print(f"harness: guest script exited {res.rc} after {time.monotonic() - started:.0f} s",
           file=sys.stderr)
     return res.rc
