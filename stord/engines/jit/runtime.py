@@ -361,7 +361,12 @@ class Runtime:
         # callbacks: subprograms whose address the program takes (lddw PSEUDO_FUNC), as the
         # kernel requires; the interp would also accept FUNC_BASE + another function start
         # computed by arithmetic, which here faults (not worth a real call at every site)
-        for target in self.mt.callbacks:
+        targets = self.mt.callbacks
+        if isinstance(fnv, ir.Constant):
+            # the usual case (lddw right before the call): only that callback's loop, so
+            # the code of the others is not emitted (and nested loops stay one copy each)
+            targets = [t for t in targets if base.FUNC_BASE + t == fnv.constant]
+        for target in targets:
             head = ft.fn.append_basic_block(f"loop{pc}_{target}")
             sw.add_case(c64(base.FUNC_BASE + target), head)
             b.position_at_end(head)

@@ -87,12 +87,50 @@ INLINE_SMALL = 256           # a function called from several sites is copied in
                              # only while (expanded size x call sites) stays this small
 
 
+def loop_callbacks(insns: list[isa.Insn], start: int, end: int) -> dict[int, int]:
+    """bpf_loop call sites in [start, end) whose callback is known: r2 was set by an lddw of
+    a function in the same straight-line run (no jump target or call in between), as
+    clang emits it. The translator then emits only that callback's loop (runtime._loop
+    sees the same constant), so inlining can count the sites exactly."""
+    targets: set[int] = set()
+    for pc in range(start, end):
+        ins = insns[pc]
+        if ins.cls in (isa.JMP, isa.JMP32) and ins.op & 0xF0 not in (isa.CALL, isa.EXIT):
+            off = ins.imm if ins.cls == isa.JMP32 and ins.op & 0xF0 == isa.JA else ins.off
+            targets.add(pc + off + 1)
+    known: dict[int, int] = {}
+    cur: int | None = None
+    pc = start
+    while pc < end:
+        ins = insns[pc]
+        if pc in targets:
+            cur = None
+        if ins.op == isa.LDDW:
+            if ins.dst == 2:
+                cur = pc + ins.imm + 1 if ins.src == isa.PSEUDO_FUNC else None
+            pc += 2
+            continue
+        if ins.op in (isa.CALL_OP, isa.CALLX_OP):
+            if ins.op == isa.CALL_OP and ins.src == 0 and ins.imm == 181 and cur is not None:
+                known[pc] = cur
+            cur = None   # calls clobber r1-r5
+        elif ins.cls in (isa.ALU, isa.ALU64, isa.LD, isa.LDX) and ins.dst == 2:
+            cur = None
+        elif ins.cls == isa.STX and ins.op & 0xE0 == isa.ATOMIC and ins.src == 2:
+            cur = None   # atomic fetch / xchg write their source register
+        pc += 1
+    return known
+
+
 def inline_set(insns: list[isa.Insn], starts: list[int], callbacks: list[int]) -> set[int]:
     """Subprograms to inline. A function with one call site is always inlined (no copy is
     made); one with several only when all its copies together stay under INLINE_SMALL
     instructions, so nested calls cannot multiply the code (the emitted total is at most
     the program plus INLINE_SMALL per function). Recursive functions are never inlined."""
     ends = dict(zip(starts, starts[1:] + [len(insns)], strict=True))
+    known: dict[int, int] = {}
+    for f, e in ends.items():
+        known.update(loop_callbacks(insns, f, e))
     loop_sites = 0
     calls: dict[int, list[int]] = {s: [] for s in starts}
     owner = 0
@@ -103,7 +141,8 @@ def inline_set(insns: list[isa.Insn], starts: list[int], callbacks: list[int]) -
             calls[owner].append(i + ins.imm + 1)
         elif ins.op == isa.CALL_OP and ins.src == 0 and ins.imm == 181:
             loop_sites += 1
-            calls[owner].extend(callbacks)   # each bpf_loop site may call every callback
+            # a bpf_loop site calls its known callback, else may call every callback
+            calls[owner].extend([known[i]] if i in known else callbacks)
     sites = {s: 0 for s in starts}
     for callees in calls.values():
         for c in callees:
