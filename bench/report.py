@@ -83,6 +83,27 @@ def jit_table(res: dict[str, Any]) -> str:
     return _table(["jit", "time (median)", "note"], rows) if rows else ""
 
 
+def hook_vm_table(res: dict[str, Any]) -> str:
+    h = res.get("hook_vm")
+    if not h:
+        return ""
+    mbs = h.get("MB_per_s", {})
+    jit = mbs.get("jit")
+    labels = {"read": "plain read() into user space (copy-out floor)",
+              "jit": "jit: read() chunks + jitted program",
+              "kernel": "kernel: read() + BPF_PROG_TEST_RUN per 3.5 KB",
+              "hook": "hook: program on the kernel read path, no copy-out",
+              "hook_skip_only": "hook plumbing only (program returns at once)"}
+    rows = [[labels.get(k, k), _rate(v), _ratio(v / jit) if jit else "—"]
+            for k, v in mbs.items()]
+    return (f"Not this run: the last `python -m vagrant.harness bench` ({h['file']}, written "
+            f"{h['file_time_utc']} UTC), {h.get('bytes', 0) / 1e6:,.1f} MB inside qemu TCG on "
+            f"kernel {h.get('kernel', '?')}: the CPU is emulated, so only ratios within that "
+            f"run mean something. States equal across engines: "
+            f"{'yes' if h.get('states_equal') else 'NO'}.\n\n"
+            + _table(["in the VM", "MB/s (emulated)", "vs jit"], rows))
+
+
 def pushdown_table(res: dict[str, Any]) -> str:
     runs = res.get("pushdown") or []
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -166,6 +187,9 @@ def markdown(res: dict[str, Any]) -> str:
     jt = jit_table(res)
     if jt:
         sections.append("### jit: compilation and range split\n\n" + jt)
+    ht = hook_vm_table(res)
+    if ht:
+        sections.append("### hook engine (patched kernel, in a VM)\n\n" + ht)
     pt = pushdown_table(res)
     if pt:
         pd = res.get("pushdown_dataset") or ds

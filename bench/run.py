@@ -53,6 +53,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--out-dir", default=str(HERE / "results"))
     ap.add_argument("--no-results-md", action="store_true",
                     help="do not rewrite bench/RESULTS.md (for trial runs)")
+    ap.add_argument("--hook-vm", action="store_true",
+                    help="first run `python -m vagrant.harness bench` (qemu, slow); without "
+                    "it the report shows that harness's last result when there is one")
     ap.add_argument("--seed", type=int, default=1)
     return ap.parse_args(argv)
 
@@ -146,6 +149,14 @@ def main(argv: list[str] | None = None) -> int:
             res["problems"].append(f"latency: {type(e).__name__}: {e}")
             log(f"  FAILED: {e}")
 
+    if "throughput" in only:
+        from bench import hookvm
+        if args.hook_vm:
+            log("== hook engine: the VM bench (qemu)")
+            err = hookvm.run_vm()
+            if err:
+                res["problems"].append(f"hook VM: {err}")
+        res["hook_vm"] = hookvm.load()
     for t in res["throughput"]:
         if t["error"]:
             res["problems"].append(f"{t['name']}: {t['error']}")

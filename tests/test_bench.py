@@ -223,3 +223,19 @@ def test_latency_harness_against_a_loopback_daemon(tmp_path: Path) -> None:
     assert out["warm"]["p50"] <= out["warm"]["p99"] <= out["warm"]["max"]
     (lv,) = out["concurrency"]
     assert lv["clients"] == 2 and lv["errors"] == 0 and lv["n"] > 0
+
+
+def test_hook_vm_result_is_shown_as_a_separate_run(tmp_path: Path) -> None:
+    from bench import hookvm
+
+    assert hookvm.load(tmp_path / "missing.json") is None
+    secs = {"read": 0.25, "jit": 1.0, "kernel": 4.0, "hook": 0.8}
+    p = tmp_path / "bench-hook.json"
+    p.write_text(json.dumps({"bytes": 8_000_000, "kernel": "k", "states_equal": True,
+                             "seconds": secs,
+                             "MB_per_s": {k: 8 / t for k, t in secs.items()}}))
+    h = hookvm.load(p)
+    table = report.hook_vm_table({"hook_vm": h})
+    assert "Not this run" in table and "qemu" in table
+    hook_row = next(line for line in table.splitlines() if line.startswith("| hook:"))
+    assert float(hook_row.strip("|").split("|")[2].strip().rstrip("×")) == pytest.approx(1.25)
