@@ -370,6 +370,14 @@ class Runtime:
             head = ft.fn.append_basic_block(f"loop{pc}_{target}")
             sw.add_case(c64(base.FUNC_BASE + target), head)
             b.position_at_end(head)
+            # the iterations are charged to the budget up front (the calls then charge
+            # nothing, which keeps the per-byte loop free of a budget test), as many as
+            # the budget allows; a break refunds the ones it skips. Running out is the
+            # same BudgetExceeded at the same iteration as charging one by one, except
+            # that a callback's own charges see the budget less the iterations to come.
+            left = b.load(ft.ctl, typ=I64)
+            prepaid = b.select(b.icmp_unsigned("<", nr, left), nr, left)
+            b.store(b.sub(left, prepaid), ft.ctl)
             pre = b.block
             cond_bb = ft.fn.append_basic_block(f"loop{pc}_{target}_cond")
             b.branch(cond_bb)
@@ -377,17 +385,24 @@ class Runtime:
             i = b.phi(I64, name="i")
             i.add_incoming(c64(0), pre)
             body = ft.fn.append_basic_block(f"loop{pc}_{target}_body")
-            finished = b.icmp_unsigned(">=", i, nr)
+            end = ft.fn.append_basic_block(f"loop{pc}_{target}_end")
+            b.cbranch(b.icmp_unsigned(">=", i, prepaid), end, body)
+            b.position_at_end(end)
+            ft.check(b.icmp_unsigned(">=", prepaid, nr), L.ST_BUDGET, pc)   # ran out
             results.append((nr, b.block))
-            b.cbranch(finished, done, body)
+            b.branch(done)
             b.position_at_end(body)
             zero = c64(0)
-            r0 = ft.call_sub(pc, target, [i, ctx, zero, zero, zero])
+            r0 = ft.call_sub(pc, target, [i, ctx, zero, zero, zero], charge=False)
             nxt = b.add(i, c64(1))
-            stop = b.icmp_unsigned("!=", r0, zero)
+            brk = ft.fn.append_basic_block(f"loop{pc}_{target}_break")
+            latch = b.block
+            b.cbranch(b.icmp_unsigned("!=", r0, zero), brk, cond_bb)
+            i.add_incoming(nxt, latch)
+            b.position_at_end(brk)
+            b.store(b.add(b.load(ft.ctl, typ=I64), b.sub(prepaid, nxt)), ft.ctl)
             results.append((nxt, b.block))
-            b.cbranch(stop, done, cond_bb)
-            i.add_incoming(nxt, b.block)
+            b.branch(done)
         b.position_at_end(bad)
         ft.fail(L.ST_BADCALL, pc, fnv)
         b.position_at_end(done)

@@ -862,7 +862,7 @@ class FunctionTranslator:
             raise CompileError(f"call with source {ins.src} at slot {pc}")
 
     def call_sub(self, pc: int, target: int, regs: list[ir.Value],
-                 noinline: bool = False) -> ir.Value:
+                 noinline: bool = False, charge: bool = True) -> ir.Value:
         """Call subprogram `target` one frame deeper (r1..r5 = regs); returns its r0.
         The caller's r1-r5 stay as they were (as in the interp)."""
         sub = self.mt.subs.get(target)
@@ -871,7 +871,8 @@ class FunctionTranslator:
         b = self.b
         depth = b.add(self.depth, c64(1))
         self.check(b.icmp_unsigned("<", depth, c64(base.MAX_CALL_DEPTH)), L.ST_DEPTH, pc)
-        self.charge(pc)
+        if charge:   # (bpf_loop charges its calls up front)
+            self.charge(pc)
         if noinline or target not in self.mt.inlined:
             # a real call: hand the callee a copy of ctl, so that ctl itself never escapes
             # and stays in registers here
