@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-# the guest's root (this repository) is read-only: no example database
-settings.register_profile("vm", database=None, deadline=None)
-settings.load_profile("vm")
-
 IN_VM = os.environ.get("STORD_IN_VM") == "1"
+
+if IN_VM:   # the guest's root (this repository) is read-only: no example database
+    settings.register_profile("stord-vm", database=None, deadline=None)
+    settings.load_profile("stord-vm")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
