@@ -77,7 +77,8 @@ def test_uapi_matches_the_python_side(pristine: Path, tmp_path: Path) -> None:
 #include <stddef.h>
 #include <linux/stord_read_hook.h>
 int main(void) {
-  printf("%d %d %u\\n", F_STORD_ATTACH, F_STORD_STATS, STORD_READ_MAX_CHUNK);
+  printf("%d %d %u %llu\\n", F_STORD_ATTACH, F_STORD_STATS, STORD_READ_MAX_CHUNK,
+         (unsigned long long)STORD_READ_TO_EOF);
   printf("%zu %zu %zu %zu\\n", sizeof(struct stord_read_attach),
          offsetof(struct stord_read_attach, prog_fd), offsetof(struct stord_read_attach, chunk),
          offsetof(struct stord_read_attach, range_end));
@@ -88,12 +89,13 @@ int main(void) {
     exe = tmp_path / "abi"
     subprocess.run(["gcc", f"-I{tmp_path / 'inc'}", "-o", str(exe), str(src)], check=True)
     out = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split()
-    assert [int(x) for x in out[:3]] == [fcntl_abi.F_STORD_ATTACH, fcntl_abi.F_STORD_STATS,
-                                         fcntl_abi.STORD_READ_MAX_CHUNK]
-    assert int(out[3]) == fcntl_abi._ATTACH.size
-    assert [int(x) for x in out[4:7]] == [0, 4, 8]     # "<iIQ"
-    assert int(out[7]) == fcntl_abi._STATS.size
-    assert int(out[8]) == 16                            # struct stord_meta, architecture.md
+    assert [int(x) for x in out[:4]] == [fcntl_abi.F_STORD_ATTACH, fcntl_abi.F_STORD_STATS,
+                                         fcntl_abi.STORD_READ_MAX_CHUNK,
+                                         fcntl_abi.STORD_READ_TO_EOF]
+    assert int(out[4]) == fcntl_abi._ATTACH.size
+    assert [int(x) for x in out[5:8]] == [0, 4, 8]     # "<iIQ"
+    assert int(out[8]) == fcntl_abi._STATS.size
+    assert int(out[9]) == 16                            # struct stord_meta, architecture.md
 
 
 def test_probe_refuses_an_unpatched_kernel(tmp_path: Path) -> None:

@@ -150,6 +150,17 @@ def test_ranges_match_interp(ramfs: Path, rows: int, seed: int, cut: tuple[float
     assert got_kept == want_kept
 
 
+@pytest.mark.parametrize("where", [0.0, 0.5, 1.0])
+def test_empty_range_runs_last_once(sample: tuple[Path, bytes], where: float) -> None:
+    path, data = sample
+    at = int(where * len(data))
+    prog = program("grep")
+    want_state, _ = interp_run(prog, data, at, at)
+    got_state, kept, run = hook_run(prog, path, at, at)
+    assert got_state == want_state and kept == b""
+    assert (run.runs, run.passed, run.dropped) == (1, 0, 0)
+
+
 def test_skipped_chunks_never_reach_the_reader(sample: tuple[Path, bytes]) -> None:
     """A program that skips every chunk: read() returns 0 and the buffer is untouched,
     while the program still saw every byte (its row count equals csv's)."""

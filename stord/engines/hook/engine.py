@@ -72,12 +72,10 @@ class HookInstance(KernelInstance):
         own = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
         try:
             try:
-                # range_end 0 means end of file to the kernel, so an empty range at 0 stays
-                # empty by reading from an offset past it instead
-                fcntl_abi.attach(own, self._fd, chunk=self.chunk, range_end=end or 1)
+                fcntl_abi.attach(own, self._fd, chunk=self.chunk, range_end=end)
             except OSError as e:
                 raise EngineUnavailable(f"cannot attach to the read path: {e.strerror}") from None
-            os.lseek(own, start if end else 1, os.SEEK_SET)
+            os.lseek(own, start, os.SEEK_SET)
             delivered = 0
             while True:
                 try:

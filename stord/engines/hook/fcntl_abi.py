@@ -11,6 +11,7 @@ F_LINUX_SPECIFIC_BASE = 1024
 F_STORD_ATTACH = F_LINUX_SPECIFIC_BASE + 64
 F_STORD_STATS = F_LINUX_SPECIFIC_BASE + 65
 STORD_READ_MAX_CHUNK = 64 * 1024
+STORD_READ_TO_EOF = (1 << 64) - 1   # range_end: no end but the file's
 
 _ATTACH = struct.Struct("<iIQ")     # prog_fd, chunk, range_end
 _STATS = struct.Struct("<4Q")       # runs, passed, dropped, last_runs
@@ -24,8 +25,10 @@ class HookStats:
     last_runs: int   # runs that carried STORD_LAST
 
 
-def attach(fd: int, prog_fd: int, *, chunk: int = 0, range_end: int = 0) -> None:
-    """Run prog_fd on every read of this open file description; prog_fd = -1 detaches."""
+def attach(fd: int, prog_fd: int, *, chunk: int = 0,
+           range_end: int = STORD_READ_TO_EOF) -> None:
+    """Run prog_fd on every read of this open file description, up to range_end (reads
+    stop there); chunk = max bytes per program run (0: PAGE_SIZE); prog_fd = -1 detaches."""
     fcntl.fcntl(fd, F_STORD_ATTACH, _ATTACH.pack(prog_fd, chunk, range_end))
 
 
