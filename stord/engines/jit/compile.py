@@ -99,6 +99,7 @@ def _build_tag() -> bytes:
     src = hashlib.sha256()
     for name in ("translate.py", "runtime.py", "kinds.py", "layout.py", "compile.py"):
         src.update((Path(__file__).parent / name).read_bytes())
+    src.update((Path(__file__).parents[2] / "program" / "validate.py").read_bytes())
     parts = (TRANSLATOR_VERSION, src.hexdigest(), PIPELINE, llvmlite.__version__,
              str(llvm.llvm_version_info), tm.triple, llvm.get_host_cpu_name(),
              llvm.get_host_cpu_features().flatten())
@@ -269,7 +270,7 @@ def _disk_write(key: str, obj: bytes, suffix: str = ".o") -> None:
 def get_compiled(prog: Program, helpers: str,
                  validate: Callable[[], None] | None = None, chunk: bool = False) -> Compiled:
     """The native code of `prog`: from memory, from disk, or compiled now. `validate` runs
-    before anything is loaded or compiled, and is skipped on an in-process cache hit (that
+    before anything is compiled, and is skipped on a cache hit, in memory or on disk (that
     exact program and helper set passed it already). `chunk`: the variant that only runs
     chunks (see ModuleTranslator)."""
     if chunk:
@@ -287,8 +288,8 @@ def get_compiled(prog: Program, helpers: str,
             best = hit.slot.best or hit
             return Compiled(best.key, best.entry, best.engine, 0.0, "memory", best.tier,
                             hit.slot)
-        if validate is not None:
-            validate()
+        # a disk hit skips validation too: an object is only ever written under this key
+        # after that exact program and helper set passed it (validate.py is part of the key)
         c = None
         tiered = PIPELINE == "tiered"
         for suffix, tier in ((".o", "o2"), (".fast.o", "fast")) if tiered else ((".o", ""),):
@@ -301,6 +302,8 @@ def get_compiled(prog: Program, helpers: str,
                 except (RuntimeError, CompileError):
                     c = None   # a damaged cache file: compile again below
         if c is None:
+            if validate is not None:
+                validate()
             t0 = time.perf_counter()
             first = "fast" if tiered else PIPELINE
             obj = compile_object(prog, helpers, first)
