@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from stord.engines.hook import fcntl_abi
 from stord.engines.hook.engine import HookEngine
 from stord.engines.interp.engine import InterpEngine
-from stord.errors import EngineUnavailable
+from stord.errors import EngineUnavailable, ProgramFault
 from stord.program.elf import load_object
 from stord.program.model import Program
 from stord.program.toolchain import builtin_object
@@ -245,3 +245,14 @@ def test_daemon_answers_through_the_hook(ramfs: Path, sample: tuple[Path, bytes]
                 assert got.stats["engine"] == "hook" and got.stats["ranges"] > 1
     finally:
         daemon.stop()
+
+
+def test_program_error_fails_the_run(sample: tuple[Path, bytes]) -> None:
+    """STORD_ERROR (XDP_ABORTED) from the program is a ProgramFault, not a short answer."""
+    from stord.program.asm import assemble
+
+    path, data = sample
+    prog = Program("abort", "xdp", assemble("mov %r0, 0\nexit"), license="GPL")
+    with HookEngine().load(prog) as inst, open(path, "rb") as f, \
+            pytest.raises(ProgramFault, match="STORD_ERROR"):
+        inst.run_file(f.fileno(), 0, len(data))
