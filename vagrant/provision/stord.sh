@@ -13,13 +13,6 @@ mkdir -p /opt/stord /etc/stord /srv/stord
 rsync -a --delete --exclude .venv /stord/ /opt/stord/
 make -C /opt/stord setup
 install -m 644 /opt/stord/stord/server/stord.service /etc/systemd/system/stord.service
-# XDP programs need CAP_NET_ADMIN to load (bpf_prog_load); the hook attaches them to files
-mkdir -p /etc/systemd/system/stord.service.d
-cat > /etc/systemd/system/stord.service.d/hook.conf <<'UNIT'
-[Service]
-AmbientCapabilities=CAP_BPF CAP_PERFMON CAP_NET_ADMIN
-CapabilityBoundingSet=CAP_BPF CAP_PERFMON CAP_NET_ADMIN
-UNIT
 if [ ! -f /etc/stord/stord.toml ]; then
     cat > /etc/stord/stord.toml <<'TOML'
 listen = "0.0.0.0:7411"
