@@ -138,7 +138,7 @@ def latency_tables(res: dict[str, Any]) -> str:
     if lat.get("first_builtin_s") is not None:
         v = _ms(lat["first_builtin_s"])
         rows.append(["first `avg` on a fresh daemon (jit compile or disk cache)", "1", v, v, v])
-    for key, label in (("cold", "cold: new C source each time (clang + load + jit compile)"),
+    for key, label in (("cold", "cold: a new C program each time (clang + load + jit compile)"),
                        ("warm", "warm: built-in `avg`, compiled program cached")):
         x = lat.get(key)
         if x:
