@@ -106,9 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     res: dict[str, Any] = {
         "machine": machine.describe(),
-        "config": {**vars(args), "command": "python -m bench.run "
-                   + " ".join(shlex.quote(a) for a in (argv if argv is not None
-                                                         else sys.argv[1:]))},
+        "config": {**vars(args), "command": " ".join(
+            ["python -m bench.run", *(shlex.quote(a) for a in (argv if argv is not None
+                                                                else sys.argv[1:]))])},
         "throughput": [], "problems": [],
     }
     log(f"stord bench {stamp}: {res['machine']['nproc']} CPUs, load "
