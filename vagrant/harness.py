@@ -68,8 +68,10 @@ def qemu_binary() -> str:
 def kernel_cmdline(extra: str = "") -> str:
     root = ("root=hostroot rootfstype=9p ro "
             "rootflags=trans=virtio,version=9p2000.L,msize=262144,cache=loose")
+    # stord_repo: where guest_init.sh mounts the "stordrepo" share, so a checkout under a
+    # path the guest covers with its own tmpfs (/tmp, /run) stays visible at the same path.
     return (f"console=ttyS0 {root} init={GUEST_INIT} panic=-1 loglevel=4 "
-            f"{extra}").strip()
+            f"stord_repo={REPO} {extra}").strip()
 
 
 def qemu_command(kernel: Path, workdir: Path, *, mem_mb: int = DEFAULT_MEM_MB,
@@ -84,6 +86,8 @@ def qemu_command(kernel: Path, workdir: Path, *, mem_mb: int = DEFAULT_MEM_MB,
         "-device", "virtio-9p-pci,fsdev=root,mount_tag=hostroot",
         "-fsdev", f"local,id=work,path={workdir},security_model=none,multidevs=remap",
         "-device", "virtio-9p-pci,fsdev=work,mount_tag=stordwork",
+        "-fsdev", f"local,id=repo,path={REPO},security_model=none,readonly=on,multidevs=remap",
+        "-device", "virtio-9p-pci,fsdev=repo,mount_tag=stordrepo",
     ]
 
 
