@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from stord.engines.base import Engine
 from stord.engines.hook.engine import HookEngine
 from stord.engines.jit.engine import JitEngine
 from stord.engines.kernel.engine import KernelEngine
@@ -75,26 +76,13 @@ def plain_read(path: Path) -> int:
     return total
 
 
-def jit_run(prog: Program, path: Path, size: int) -> dict:
+def read_and_run(engine: Engine, prog: Program, path: Path, size: int) -> dict:
+    """read() into user space, then the engine on each buffer. With the kernel engine this is
+    the same BPF code, JIT-compiled by the same kernel, fed by BPF_PROG_TEST_RUN: it separates
+    the cost of the kernel's BPF JIT from the cost of the hook's plumbing."""
     buf = bytearray(READ_BUF)
     view = memoryview(buf)
-    with JitEngine().load(prog) as inst, open(path, "rb", buffering=0) as f:
-        pos = 0
-        while True:
-            n = f.readinto(buf)
-            inst.run_chunk(view[:n], pos, pos + n >= size)
-            pos += n
-            if pos >= size:
-                break
-        return decode(prog, inst.read_state())
-
-
-def kernel_run(prog: Program, path: Path, size: int) -> dict:
-    """The same BPF code, JIT-compiled by the same kernel, fed by read() + BPF_PROG_TEST_RUN:
-    separates the cost of the kernel's BPF JIT from the cost of the hook's plumbing."""
-    buf = bytearray(READ_BUF)
-    view = memoryview(buf)
-    with KernelEngine().load(prog) as inst, open(path, "rb", buffering=0) as f:
+    with engine.load(prog) as inst, open(path, "rb", buffering=0) as f:
         pos = 0
         while True:
             n = f.readinto(buf)
@@ -144,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     prog = load_object(builtin_object("stats")).with_params(col=2, header=1, scale=2)
     plain_read(path)   # warm (ramfs is always resident; this warms the caches)
     t_read, _ = best(lambda: plain_read(path), a.repeat)
-    t_jit, s_jit = best(lambda: jit_run(prog, path, size), a.repeat)
-    t_kernel, s_kernel = best(lambda: kernel_run(prog, path, size), a.repeat)
+    t_jit, s_jit = best(lambda: read_and_run(JitEngine(), prog, path, size), a.repeat)
+    t_kernel, s_kernel = best(lambda: read_and_run(KernelEngine(), prog, path, size), a.repeat)
     t_hook, s_hook = best(lambda: hook_run(prog, path, size), a.repeat)
     t_plumb, _ = best(lambda: hook_plumbing(path, size), a.repeat)
     secs = {"read": t_read, "jit": t_jit, "kernel": t_kernel, "hook": t_hook,
