@@ -81,6 +81,14 @@ def code_of(excinfo: pytest.ExceptionInfo[BaseException]) -> str:
 
 # ------------------------------------------------------------------ config (unit)
 
+
+def wait_until_busy(d, timeout: float = 60) -> None:
+    """Until a worker runs a query (the daemon's stats list its pid), at most `timeout` s."""
+    with Client(d.address, token=ALICE) as c:
+        deadline = time.monotonic() + timeout
+        while not c.stats()["busy_pids"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+
 def test_config_defaults_and_errors(tmp_path: Path) -> None:
     (tmp_path / "d").mkdir()
     cfg = parse_config({"listen": "0.0.0.0:9000", "exports": {"d": "d"},
@@ -332,10 +340,7 @@ def test_sigterm_cancels_runaway_after_grace(daemon_factory, engine) -> None:
 
     t = threading.Thread(target=victim)
     t.start()
-    with Client(d.address, token=ALICE) as c:
-        deadline = time.monotonic() + 60
-        while not c.stats()["busy_pids"] and time.monotonic() < deadline:
-            time.sleep(0.1)
+    wait_until_busy(d)
     assert d.stop(timeout=60) == 0
     t.join(30)
     assert getattr(box["err"], "code", "") == "cancelled"
@@ -508,10 +513,7 @@ def test_sigterm_lets_in_flight_query_finish(daemon_factory, engine) -> None:
 
     t = threading.Thread(target=client)
     t.start()
-    with Client(d.address, token=ALICE) as c:
-        deadline = time.monotonic() + 60
-        while not c.stats()["busy_pids"] and time.monotonic() < deadline:
-            time.sleep(0.02)
+    wait_until_busy(d)
     assert d.stop(timeout=120) == 0
     t.join(60)
     assert "err" not in box, box.get("err")
