@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from llvmlite import ir
-
 from stord.engines import base
+from stord.engines.jit import irtext as ir
 from stord.engines.jit import layout as L
 from stord.engines.jit.translate import (
     I1,
@@ -212,8 +211,7 @@ class Runtime:
 
     def _array_index(self, ft: FunctionTranslator, pc: int) -> ir.Value:
         p = ft.reg_ptr(pc, 2, 0, 4, False)
-        v = ft.b.load(p, typ=I32)
-        v.align = 1
+        v = ft.b.load(p, typ=I32, align=1)
         return ft.b.zext(v, I64)
 
     def _lookup(self, ft: FunctionTranslator, pc: int) -> None:
@@ -294,10 +292,9 @@ class Runtime:
         use it hand the host stack to that call, which costs them some optimisation."""
         b = ft.b
         fnty = ir.FunctionType(I64, [PTR, PTR] + [I64] * 7)
-        fptr = ft.hoisted(("trace_fn",), lambda: ft.load_inv(
-            ft.env_ptr(L.TRACE_FN), fnty.as_pointer()))
+        fptr = ft.hoisted(("trace_fn",), lambda: ft.load_inv(ft.env_ptr(L.TRACE_FN), PTR))
         args = [ft.env, ft.stack, ft.depth] + [ft.reg(i) for i in range(1, 6)] + [c64(pc)]
-        r0 = b.call(fptr, args)
+        r0 = b.call(fptr, args, ftype=fnty)
         cache = ft._cached()
         st = ft.env_field(L.STATUS)
         bad = ft.fn.append_basic_block(f"printk_fault{pc}")
@@ -362,7 +359,7 @@ class Runtime:
         # kernel requires; the interp would also accept FUNC_BASE + another function start
         # computed by arithmetic, which here faults (not worth a real call at every site)
         targets = self.mt.callbacks
-        if isinstance(fnv, ir.Constant):
+        if fnv.constant is not None:
             # the usual case (lddw right before the call): only that callback's loop, so
             # the code of the others is not emitted (and nested loops stay one copy each)
             targets = [t for t in targets if base.FUNC_BASE + t == fnv.constant]
@@ -639,8 +636,8 @@ class HashMapIR:
         b = ir.IRBuilder(fn.append_basic_block())
         h = c64(0xCBF29CE484222325)
         for off, w in _chunks(self.m.key_size):
-            v = b.load(b.gep(fn.args[0], [c64(off)], source_etype=I8), typ=ir.IntType(w * 8))
-            v.align = 1
+            v = b.load(b.gep(fn.args[0], [c64(off)], source_etype=I8), typ=ir.IntType(w * 8),
+                       align=1)
             h = b.mul(b.xor(h, b.zext(v, I64) if w < 8 else v), c64(0x100000001B3))
         h = b.xor(h, b.lshr(h, c64(29)))
         h = b.mul(h, c64(0xBF58476D1CE4E5B9))
@@ -654,9 +651,8 @@ class HashMapIR:
         acc = c64(0)
         for off, w in _chunks(self.m.key_size):
             t = ir.IntType(w * 8)
-            x = b.load(b.gep(fn.args[0], [c64(off)], source_etype=I8), typ=t)
-            y = b.load(b.gep(fn.args[1], [c64(off)], source_etype=I8), typ=t)
-            x.align = y.align = 1
+            x = b.load(b.gep(fn.args[0], [c64(off)], source_etype=I8), typ=t, align=1)
+            y = b.load(b.gep(fn.args[1], [c64(off)], source_etype=I8), typ=t, align=1)
             d = b.xor(x, y)
             acc = b.or_(acc, b.zext(d, I64) if w < 8 else d)
         b.ret(b.icmp_unsigned("==", acc, c64(0)))

@@ -20,9 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llvmlite import ir
-
 from stord.engines import base
+from stord.engines.jit import irtext as ir
 from stord.engines.jit import kinds
 from stord.engines.jit import layout as L
 from stord.errors import CompileError
@@ -204,7 +203,6 @@ class ModuleTranslator:
             raise CompileError(f"program of {len(self.insns)} instructions is too large for "
                                f"the jit engine (at most {MAX_JIT_INSNS})")
         self.module = ir.Module(name=prog.name or "prog")
-        self.invariant_md = self.module.add_metadata([])
         starts = subprogram_starts(self.insns)
         self.subs: dict[int, Subprogram] = {}
         for k, s in enumerate(starts):
@@ -292,8 +290,7 @@ class ModuleTranslator:
         fn = ir.Function(self.module, ir.FunctionType(I64, [PTR, I64, I64]), name=ENTRY_NAME)
         fn.args[0].add_attribute("noalias")
         b = ir.IRBuilder(fn.append_basic_block("entry"))
-        stack = b.alloca(ir.ArrayType(I8, STACK_SPAN), name="stack")
-        stack.align = 16
+        stack = b.alloca(ir.ArrayType(I8, STACK_SPAN), name="stack", align=16)
         memset = self.intrinsic("llvm.memset.p0.i64", VOID, [PTR, I8, I64, I1])
         b.call(memset, [stack, ir.Constant(I8, 0), c64(STACK_SPAN), ir.Constant(I1, 0)])
         zero = c64(0)
@@ -318,8 +315,8 @@ def rodata_line(prog: Program, index: int) -> tuple[str, str]:
     size = m.value_size * m.max_entries
     data = (m.initial or b"").ljust(size, b"\0")[:size]
     ty = ir.ArrayType(I8, size)
-    head = f'@"rodata_{index}" = internal constant '
-    return head + str(ir.Constant(ty, None)), head + str(ir.Constant(ty, bytearray(data)))
+    head = f"@rodata_{index} = internal constant {ty} "
+    return head + ir.Constant(ty, None).ref, head + ir.Constant(ty, data).ref
 
 
 class FunctionTranslator:
@@ -396,7 +393,7 @@ class FunctionTranslator:
                 return v
             here = self.b.block
             self._hoisting = True
-            self.b.position_before(self.entry_term)
+            self.b.position_before_terminator(self.entry_block)
             try:
                 v = self._hoist[key] = make()
             finally:
@@ -557,9 +554,7 @@ class FunctionTranslator:
         return phi
 
     def load_inv(self, p: ir.Value, typ: ir.Type) -> ir.Value:
-        v = self.b.load(p, typ=typ)
-        v.set_metadata("invariant.load", self.mt.invariant_md)
-        return v
+        return self.b.load(p, typ=typ, invariant=True)
 
     def map_desc(self, index: int) -> ir.Value:
         maps = self.env_field(L.MAPS, PTR, invariant=True)
@@ -569,8 +564,7 @@ class FunctionTranslator:
     def load_mem(self, addr: ir.Value, size: int, pc: int, signed: bool = False,
                  kind: kinds.Kind = None) -> ir.Value:
         ty = ir.IntType(size * 8)
-        v = self.b.load(self.host_ptr(addr, size, False, pc, kind), typ=ty)
-        v.align = 1
+        v = self.b.load(self.host_ptr(addr, size, False, pc, kind), typ=ty, align=1)
         if size == 8:
             return v
         return self.b.sext(v, I64) if signed else self.b.zext(v, I64)
@@ -581,14 +575,14 @@ class FunctionTranslator:
         p = self.host_ptr(addr, size, True, pc, kind)
         if value.type != ty:
             value = self.b.trunc(value, ty)
-        st = self.b.store(value, p)
-        st.align = 1
+        self.b.store(value, p, align=1)
 
     # -- translation ---------------------------------------------------------------------
 
     def translate(self) -> None:
         b = self.b
-        self.entry_term = b.branch(self.block_at(self.sub.start))
+        self.entry_block = b.block
+        b.branch(self.block_at(self.sub.start))
         pc = self.sub.start
         leaders = self._leaders()
         for t in leaders:
@@ -695,26 +689,25 @@ class FunctionTranslator:
         b = self.b
         ty = ir.IntType(size * 8)
         p = self.host_ptr(addr, size, True, pc, self.kind(pc, ins.dst, ins.off))
-        old = b.load(p, typ=ty)
-        old.align = 1
+        old = b.load(p, typ=ty, align=1)
         src = self.reg32(ins.src) if size == 4 else self.reg(ins.src)
         op = ins.imm
         if op == isa.CMPXCHG:
             r0 = self.reg(0)
             expect = b.trunc(r0, ty) if size == 4 else r0
             new = b.select(b.icmp_unsigned("==", old, expect), src, old)
-            b.store(new, p).align = 1
+            b.store(new, p, align=1)
             self.set_reg(0, old)
             return
         if op == isa.XCHG:
-            b.store(src, p).align = 1
+            b.store(src, p, align=1)
             self.set_reg(ins.src, old)
             return
         fns = {isa.ADD: b.add, isa.OR: b.or_, isa.AND: b.and_, isa.XOR: b.xor}
         fn = fns.get(op & ~isa.FETCH)
         if fn is None or op & ~(0xF0 | isa.FETCH):
             raise CompileError(f"unsupported atomic operation {op:#x} at slot {pc}")
-        b.store(fn(old, src), p).align = 1
+        b.store(fn(old, src), p, align=1)
         if op & isa.FETCH:
             self.set_reg(ins.src, old)
 
@@ -796,7 +789,8 @@ class FunctionTranslator:
         v = b.trunc(self.reg(ins.dst), ir.IntType(width)) if width < 64 else self.reg(ins.dst)
         swap = is64 or bool(ins.op & isa.X)   # ALU64 END: bswap; ALU END|X: to big-endian
         if swap and width > 8:
-            v = b.bswap(v)
+            bswap = self.mt.intrinsic(f"llvm.bswap.{v.type}", v.type, [v.type])
+            v = b.call(bswap, [v])
         self.set_reg(ins.dst, v)
 
     def _jmp(self, pc: int, ins: isa.Insn, is32: bool) -> None:
@@ -842,8 +836,7 @@ class FunctionTranslator:
             # clang lays out the likely successor of a forward branch as the fall-through
             # (and __builtin_expect says so in the C): tell LLVM's block placement, so the
             # hot path of a per-byte callback stays one straight run (measured +15% on stats)
-            br = b.cbranch(cond, self.block_at(target), fall)
-            br.set_weights([1, 4])
+            b.cbranch(cond, self.block_at(target), fall, weights=(1, 4))
         if pc + 1 >= self.sub.end:
             b.position_at_end(fall)
             self.fail(L.ST_FALLTHROUGH, pc)

@@ -1,0 +1,457 @@
+"""A small LLVM IR builder that writes the module text directly.
+
+The translator used llvmlite.ir, whose objects cost more Python time to build and then to
+print (str(module)) than LLVM takes to parse the text: about half of a cold compile. This
+module keeps the subset of that API the translator needs (IRBuilder methods of the same
+names), but each instruction becomes one line of text at once, and instructions on
+constants fold here (add of two constants, a zext of a constant...) so LLVM gets less to
+parse and optimise. Types are their IR spelling ("i64", "ptr"); values carry their type
+and their reference ("%v12", "42"), and `constant` (an int) when they are one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+Type = str
+
+
+def IntType(bits: int) -> Type:  # noqa: N802 - the llvmlite.ir names the translator uses
+    return f"i{bits}"
+
+
+def PointerType() -> Type:  # noqa: N802
+    return "ptr"
+
+
+def VoidType() -> Type:  # noqa: N802
+    return "void"
+
+
+def DoubleType() -> Type:  # noqa: N802
+    return "double"
+
+
+def ArrayType(elem: Type, count: int) -> Type:  # noqa: N802
+    return f"[{count} x {elem}]"
+
+
+_BITS = {"i1": 1, "i8": 8, "i16": 16, "i32": 32, "i64": 64}
+
+
+class FunctionType:
+    def __init__(self, ret: Type, args: Sequence[Type]) -> None:
+        self.ret = ret
+        self.args = list(args)
+
+    def as_pointer(self) -> FunctionType:
+        return self   # opaque pointers: a function pointer is a ptr; calls need the type
+
+
+class Value:
+    __slots__ = ("type", "ref", "constant")
+
+    def __init__(self, type_: Type, ref: str, constant: int | None = None) -> None:
+        self.type = type_
+        self.ref = ref
+        self.constant = constant
+
+
+def Constant(ty: Type, value: int | bytes | bytearray | None) -> Value:  # noqa: N802
+    """An integer constant (masked to its width), null (ptr, None), zeroinitializer
+    (array, None) or an i8 array's bytes."""
+    if ty == "ptr":
+        return Value(ty, "null")
+    bits = _BITS.get(ty)
+    if bits is None:   # an array
+        if value is None:
+            return Value(ty, "zeroinitializer")
+        return Value(ty, byte_string(bytes(value)))
+    v = int(value) & ((1 << bits) - 1)
+    if bits == 1:
+        return Value(ty, "true" if v else "false", v)
+    return Value(ty, str(v), v)
+
+
+def byte_string(data: bytes) -> str:
+    return 'c"' + "".join(chr(c) if 32 <= c < 127 and c not in (34, 92) else f"\\{c:02X}"
+                          for c in data) + '"'
+
+
+class Phi(Value):
+    __slots__ = ("incoming",)
+
+    def __init__(self, type_: Type, ref: str) -> None:
+        super().__init__(type_, ref)
+        self.incoming: list[tuple[Value, Block]] = []
+
+    def add_incoming(self, v: Value, block: Block) -> None:
+        self.incoming.append((v, block))
+
+    def __str__(self) -> str:
+        arms = ", ".join(f"[{v.ref}, %{b.name}]" for v, b in self.incoming)
+        return f"  {self.ref} = phi {self.type} {arms}"
+
+
+class Switch:
+    def __init__(self, value: Value, default: Block) -> None:
+        self.value, self.default = value, default
+        self.cases: list[tuple[Value, Block]] = []
+
+    def add_case(self, v: Value, block: Block) -> None:
+        self.cases.append((v, block))
+
+    def __str__(self) -> str:
+        cases = " ".join(f"{v.type} {v.ref}, label %{b.name}" for v, b in self.cases)
+        return f"  switch {self.value.type} {self.value.ref}, label %{self.default.name} " \
+               f"[{cases}]"
+
+
+class Block:
+    __slots__ = ("fn", "name", "lines", "is_terminated")
+
+    def __init__(self, fn: Function, name: str) -> None:
+        self.fn = fn
+        self.name = name
+        self.lines: list[str | Phi | Switch] = []
+        self.is_terminated = False
+
+
+class Argument(Value):
+    __slots__ = ("attrs",)
+
+    def __init__(self, type_: Type, ref: str) -> None:
+        super().__init__(type_, ref)
+        self.attrs: list[str] = []
+
+    def add_attribute(self, attr: str) -> None:
+        self.attrs.append(attr)
+
+
+class Function(Value):
+    """A definition once a block is appended, else a declaration."""
+
+    def __init__(self, module: Module, fnty: FunctionType, name: str) -> None:
+        super().__init__("ptr", f"@{name}")
+        self.name = name
+        self.ftype = fnty
+        self.args = [Argument(t, f"%a{i}") for i, t in enumerate(fnty.args)]
+        self.linkage = ""
+        self.attributes: set[str] = set()
+        self.blocks: list[Block] = []
+        self.counter = 0
+        self.module = module
+        module.add(self)
+
+    def fresh(self) -> str:
+        self.counter += 1
+        return f"%v{self.counter}"
+
+    def append_basic_block(self, name: str = "bb") -> Block:
+        self.counter += 1
+        blk = Block(self, f"{name}.{self.counter}")
+        self.blocks.append(blk)
+        return blk
+
+    def __str__(self) -> str:
+        ret = self.ftype.ret
+        if not self.blocks:
+            return f"declare {ret} {self.ref}({', '.join(self.ftype.args)})"
+        params = ", ".join(" ".join([a.type, *a.attrs, a.ref]) for a in self.args)
+        head = f"define {self.linkage + ' ' if self.linkage else ''}{ret} {self.ref}" \
+               f"({params}) {' '.join(sorted(self.attributes))} {{"
+        out = [head]
+        for blk in self.blocks:
+            out.append(f"{blk.name}:")
+            out.extend(map(str, blk.lines))
+        out.append("}")
+        return "\n".join(out)
+
+
+class GlobalVariable(Value):
+    def __init__(self, module: Module, ty: Type, name: str) -> None:
+        super().__init__("ptr", f"@{name}")
+        self.value_type = ty
+        self.initializer: Value | None = None
+        self.global_constant = False
+        self.linkage = ""
+        module.add(self)
+
+    def __str__(self) -> str:
+        kind = "constant" if self.global_constant else "global"
+        init = self.initializer.ref if self.initializer is not None else "zeroinitializer"
+        link = self.linkage + " " if self.linkage else ""
+        return f"{self.ref} = {link}{kind} {self.value_type} {init}"
+
+
+class Module:
+    def __init__(self, name: str = "") -> None:
+        self.name = name
+        self.globals: dict[str, Value] = {}
+        self.items: list[Function | GlobalVariable] = []
+        self.metadata = ["!{}"]   # !0: the empty node that invariant.load refers to
+
+    def weights(self, taken: int, other: int) -> str:
+        """The metadata reference of branch weights taken:other."""
+        node = f'!{{!"branch_weights", i32 {taken}, i32 {other}}}'
+        if node not in self.metadata:
+            self.metadata.append(node)
+        return f"!{self.metadata.index(node)}"
+
+    def add(self, item: Function | GlobalVariable) -> None:
+        name = item.ref[1:]
+        if name in self.globals:
+            raise ValueError(f"duplicate global {name!r}")
+        self.globals[name] = item
+        self.items.append(item)
+
+    def __str__(self) -> str:
+        parts = [str(i) for i in self.items]
+        parts.extend(f"!{i} = {node}" for i, node in enumerate(self.metadata))
+        parts.append("")
+        return "\n".join(parts)
+
+
+M64 = (1 << 64) - 1
+
+
+def _signed(v: int, bits: int) -> int:
+    return v - (1 << bits) if v >> (bits - 1) else v
+
+
+_ICMP = {"==": "eq", "!=": "ne", ">": "gt", ">=": "ge", "<": "lt", "<=": "le"}
+_COMPARE: dict[str, Callable[[int, int], bool]] = {
+    "==": int.__eq__, "!=": int.__ne__, ">": int.__gt__, ">=": int.__ge__,
+    "<": int.__lt__, "<=": int.__le__}
+
+
+class IRBuilder:
+    """Appends instruction lines to a block (or inserts them before its terminator)."""
+
+    def __init__(self, block: Block) -> None:
+        self.position_at_end(block)
+
+    # -- positioning ---------------------------------------------------------------------
+
+    def position_at_end(self, block: Block) -> None:
+        self.block = block
+        self.fn = block.fn
+        self._at: int | None = None   # insertion index, None = the end
+
+    def position_before_terminator(self, block: Block) -> None:
+        self.position_at_end(block)
+        self._at = len(block.lines) - 1
+
+    def _line(self, text: str | Phi | Switch) -> None:
+        if self._at is None:
+            self.block.lines.append(text)
+        else:
+            self.block.lines.insert(self._at, text)
+            self._at += 1
+
+    def _value(self, ty: Type, text: str) -> Value:
+        ref = self.fn.fresh()
+        self._line(f"  {ref} = {text}")
+        return Value(ty, ref)
+
+    def _terminate(self, text: str) -> None:
+        self._line(text)
+        self.block.is_terminated = True
+
+    # -- arithmetic (folded on constants) ------------------------------------------------
+
+    def _binop(self, op: str, a: Value, b: Value, fold: Callable[[int, int], int | None],
+               ident: int | None = None) -> Value:
+        ca, cb = a.constant, b.constant
+        if ca is not None and cb is not None:
+            r = fold(ca, cb)
+            if r is not None:
+                return Constant(a.type, r)
+        if ident is not None and cb == ident:
+            return a
+        return self._value(a.type, f"{op} {a.type} {a.ref}, {b.ref}")
+
+    def add(self, a: Value, b: Value) -> Value:
+        if a.constant == 0:
+            return b
+        return self._binop("add", a, b, int.__add__, 0)
+
+    def sub(self, a: Value, b: Value) -> Value:
+        return self._binop("sub", a, b, int.__sub__, 0)
+
+    def mul(self, a: Value, b: Value) -> Value:
+        return self._binop("mul", a, b, int.__mul__, 1)
+
+    def and_(self, a: Value, b: Value) -> Value:
+        return self._binop("and", a, b, int.__and__)
+
+    def or_(self, a: Value, b: Value) -> Value:
+        return self._binop("or", a, b, int.__or__, 0)
+
+    def xor(self, a: Value, b: Value) -> Value:
+        return self._binop("xor", a, b, int.__xor__, 0)
+
+    def _shift(self, op: str, a: Value, b: Value, fold: Callable[[int, int, int], int]) -> Value:
+        bits = _BITS[a.type]
+        return self._binop(op, a, b, lambda x, y: fold(x, y, bits) if y < bits else None, 0)
+
+    def shl(self, a: Value, b: Value) -> Value:
+        return self._shift("shl", a, b, lambda x, y, _bits: x << y)
+
+    def lshr(self, a: Value, b: Value) -> Value:
+        return self._shift("lshr", a, b, lambda x, y, _bits: x >> y)
+
+    def ashr(self, a: Value, b: Value) -> Value:
+        return self._shift("ashr", a, b, lambda x, y, bits: _signed(x, bits) >> y)
+
+    def udiv(self, a: Value, b: Value) -> Value:
+        return self._value(a.type, f"udiv {a.type} {a.ref}, {b.ref}")
+
+    def sdiv(self, a: Value, b: Value) -> Value:
+        return self._value(a.type, f"sdiv {a.type} {a.ref}, {b.ref}")
+
+    def urem(self, a: Value, b: Value) -> Value:
+        return self._value(a.type, f"urem {a.type} {a.ref}, {b.ref}")
+
+    def srem(self, a: Value, b: Value) -> Value:
+        return self._value(a.type, f"srem {a.type} {a.ref}, {b.ref}")
+
+    def _icmp(self, signed: bool, pred: str, a: Value, b: Value) -> Value:
+        ca, cb = a.constant, b.constant
+        if ca is not None and cb is not None:
+            if signed:
+                bits = _BITS[a.type]
+                ca, cb = _signed(ca, bits), _signed(cb, bits)
+            return Constant("i1", _COMPARE[pred](ca, cb))
+        p = _ICMP[pred]
+        if pred not in ("==", "!="):
+            p = ("s" if signed else "u") + p
+        return self._value("i1", f"icmp {p} {a.type} {a.ref}, {b.ref}")
+
+    def icmp_unsigned(self, pred: str, a: Value, b: Value) -> Value:
+        return self._icmp(False, pred, a, b)
+
+    def icmp_signed(self, pred: str, a: Value, b: Value) -> Value:
+        return self._icmp(True, pred, a, b)
+
+    def select(self, cond: Value, a: Value, b: Value) -> Value:
+        if cond.constant is not None:
+            return a if cond.constant else b
+        return self._value(a.type, f"select i1 {cond.ref}, {a.type} {a.ref}, {b.type} {b.ref}")
+
+    def _cast(self, op: str, v: Value, ty: Type, fold: Callable[[int], int]) -> Value:
+        if v.type == ty:
+            return v
+        if v.constant is not None:
+            return Constant(ty, fold(v.constant))
+        return self._value(ty, f"{op} {v.type} {v.ref} to {ty}")
+
+    def zext(self, v: Value, ty: Type) -> Value:
+        return self._cast("zext", v, ty, lambda x: x)
+
+    def sext(self, v: Value, ty: Type) -> Value:
+        return self._cast("sext", v, ty, lambda x: _signed(x, _BITS[v.type]))
+
+    def trunc(self, v: Value, ty: Type) -> Value:
+        return self._cast("trunc", v, ty, lambda x: x)
+
+    def uitofp(self, v: Value, ty: Type) -> Value:
+        return self._value(ty, f"uitofp {v.type} {v.ref} to {ty}")
+
+    def fptoui(self, v: Value, ty: Type) -> Value:
+        return self._value(ty, f"fptoui {v.type} {v.ref} to {ty}")
+
+    # -- memory --------------------------------------------------------------------------
+
+    def alloca(self, ty: Type, count: int | None = None, name: str = "",
+               align: int = 0) -> Value:
+        n = f", i64 {count}" if count is not None else ""
+        a = f", align {align}" if align else ""
+        return self._value("ptr", f"alloca {ty}{n}{a}")
+
+    def load(self, p: Value, typ: Type, align: int = 0, invariant: bool = False) -> Value:
+        a = f", align {align}" if align else ""
+        md = ", !invariant.load !0" if invariant else ""
+        return self._value(typ, f"load {typ}, ptr {p.ref}{a}{md}")
+
+    def store(self, v: Value, p: Value, align: int = 0) -> None:
+        a = f", align {align}" if align else ""
+        self._line(f"  store {v.type} {v.ref}, ptr {p.ref}{a}")
+
+    def gep(self, p: Value, indices: list[Value], source_etype: Type = "i8") -> Value:
+        (i,) = indices
+        if i.constant == 0:
+            return p
+        return self._value("ptr", f"getelementptr {source_etype}, ptr {p.ref}, "
+                                  f"{i.type} {i.ref}")
+
+    # -- calls and control flow ----------------------------------------------------------
+
+    def call(self, fn: Value, args: list[Value], attrs: tuple[str, ...] = (),
+             ftype: FunctionType | None = None) -> Value | None:
+        ftype = ftype or fn.ftype
+        argl = ", ".join(f"{a.type} {a.ref}" for a in args)
+        tail = " " + " ".join(attrs) if attrs else ""
+        text = f"call {ftype.ret} {fn.ref}({argl}){tail}"
+        if ftype.ret == "void":
+            self._line("  " + text)
+            return None
+        return self._value(ftype.ret, text)
+
+    def ret(self, v: Value) -> None:
+        self._terminate(f"  ret {v.type} {v.ref}")
+
+    def ret_void(self) -> None:
+        self._terminate("  ret void")
+
+    def branch(self, target: Block) -> None:
+        self._terminate(f"  br label %{target.name}")
+
+    def cbranch(self, cond: Value, then: Block, other: Block,
+                weights: tuple[int, int] | None = None) -> None:
+        md = f", !prof {self.fn.module.weights(*weights)}" if weights else ""
+        self._terminate(f"  br i1 {cond.ref}, label %{then.name}, label %{other.name}{md}")
+
+    def switch(self, v: Value, default: Block) -> Switch:
+        sw = Switch(v, default)
+        self._line(sw)
+        self.block.is_terminated = True
+        return sw
+
+    def phi(self, ty: Type, name: str = "") -> Phi:
+        p = Phi(ty, self.fn.fresh())
+        self._line(p)
+        return p
+
+    def unreachable(self) -> None:
+        self._terminate("  unreachable")
+
+    @contextmanager
+    def if_then(self, cond: Value, likely: bool | None = None) -> Iterator[None]:
+        then = self.fn.append_basic_block("if")
+        end = self.fn.append_basic_block("endif")
+        # (llvmlite's weights for likely / unlikely)
+        self.cbranch(cond, then, end, None if likely is None else (99, 1) if likely else (1, 99))
+        self.position_at_end(then)
+        yield
+        if not self.block.is_terminated:
+            self.branch(end)
+        self.position_at_end(end)
+
+    @contextmanager
+    def if_else(self, cond: Value) -> Iterator[tuple[object, object]]:
+        then = self.fn.append_basic_block("if")
+        other = self.fn.append_basic_block("else")
+        end = self.fn.append_basic_block("endif")
+        self.cbranch(cond, then, other)
+
+        @contextmanager
+        def arm(block: Block) -> Iterator[None]:
+            self.position_at_end(block)
+            yield
+            if not self.block.is_terminated:
+                self.branch(end)
+
+        yield arm(then), arm(other)
+        self.position_at_end(end)
