@@ -3,6 +3,7 @@ the sandbox (every escape attempt faults, exactly where the interp engine faults
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 from pathlib import Path
 
@@ -368,3 +369,26 @@ def test_tiered_code_switches_between_chunks(tmp_path: Path,
     assert jit.load(prog).compiled.tier == "o2"          # the cache now holds O2 code
     assert list(tmp_path.glob("*.fast.o")) and [p for p in tmp_path.glob("*.o")
                                                  if not p.name.endswith(".fast.o")]
+
+
+def test_first_tier_code_serves_every_parameter_set(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first tier reads .rodata from the instance's memory: one object serves every
+    parameter set of a program, and each instance still sees its own parameters."""
+    monkeypatch.setenv("STORD_JIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(jit_compile, "PIPELINE", "fast")   # no O2 code to switch to
+    jit_compile.clear_memory_cache()
+    progs = [stats(col=2, header=1, scale=5), stats(col=0, header=0),
+             stats(col=2, header=1, scale=1)]
+    insts = [jit.load(p) for p in progs]
+    assert [i.compiled.tier for i in insts] == ["fast"] * 3
+    assert [i.compiled.source for i in insts] == ["compiled", "memory", "memory"]
+    assert len({ctypes.cast(i.compiled.entry, ctypes.c_void_p).value for i in insts}) == 1
+    results = []
+    for prog, inst in zip(progs, insts, strict=True):
+        inst.run_chunk(CSV, 0, True)
+        results.append(decode(prog, inst.read_state()))
+        assert results[-1] == run(interp, prog, CSV)
+    assert results[0] != results[1] and results[0] != results[2]
+    jit_compile.clear_memory_cache()
+    assert jit.load(progs[1]).compiled.source == "disk"    # the shared .fast.o

@@ -40,8 +40,10 @@ from stord.program.model import Program
 # Part of every cache key, with a hash of the translator's source files.
 TRANSLATOR_VERSION = "6"
 
-# "tiered" (default): code from a short pass list at once, then LLVM's O2 pipeline in a
-# background thread, swapped in between chunks and kept in the caches; "fast" or "o2": one.
+# "tiered" (default): first-tier code at once (cheap to compile, see optimise(); the same
+# object serves every parameter set of a program), then LLVM's O2 pipeline with the
+# parameters as constants in a background thread, swapped in between chunks and kept in the
+# caches; "fast" or "o2": only that tier.
 PIPELINE = os.environ.get("STORD_JIT_PIPELINE", "tiered")
 
 ENTRY_TYPE = ctypes.CFUNCTYPE(ctypes.c_uint64, ctypes.c_void_p, ctypes.c_uint64,
@@ -67,6 +69,7 @@ class Compiled:
 
 _lock = threading.Lock()
 _machine: llvm.TargetMachine | None = None
+_fast_machine: llvm.TargetMachine | None = None
 _memory: OrderedDict[str, Compiled] = OrderedDict()
 MEMORY_CACHE_ENTRIES = 64   # compiled programs kept for reuse (instances keep their own)
 
@@ -83,6 +86,19 @@ def target_machine() -> llvm.TargetMachine:
     return _machine
 
 
+def fast_target_machine() -> llvm.TargetMachine:
+    """Code generation for the first tier: LLVM's -O0 back end (fast instruction selection
+    and register allocation), about 5x quicker to emit than -O2 (measured 7 vs 47 ms on
+    stats); its code runs at about half the speed until the O2 code replaces it."""
+    global _fast_machine
+    if _fast_machine is None:
+        tm = target_machine()   # initialises the native target
+        _fast_machine = llvm.Target.from_triple(tm.triple).create_target_machine(
+            cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(),
+            opt=0, reloc="static", codemodel="jitdefault")
+    return _fast_machine
+
+
 @functools.cache
 def _libc_symbols() -> dict[str, int]:
     """Symbols the emitted code may call: memcpy/memmove/memset (variable sizes), ktime."""
@@ -97,7 +113,8 @@ def _build_tag() -> bytes:
     translator can never pick up stale cache files), LLVM and the host CPU."""
     tm = target_machine()
     src = hashlib.sha256()
-    for name in ("translate.py", "runtime.py", "kinds.py", "layout.py", "compile.py"):
+    for name in ("translate.py", "irtext.py", "runtime.py", "kinds.py", "layout.py",
+                 "compile.py"):
         src.update((Path(__file__).parent / name).read_bytes())
     src.update((Path(__file__).parents[2] / "program" / "validate.py").read_bytes())
     parts = (TRANSLATOR_VERSION, src.hexdigest(), PIPELINE, llvmlite.__version__,
@@ -153,11 +170,13 @@ def template_key(prog: Program, helpers: str) -> str:
     return h.hexdigest()
 
 
-def build_ir(prog: Program, helpers: str, fresh: bool = False) -> str:
+def build_ir(prog: Program, helpers: str, fresh: bool = False,
+             const_params: bool = True) -> str:
     """The module text. Translation is the slow Python part and does not depend on the
     parameter values, so it is done once per program and helper set (a template kept in
-    memory) and each parameter set only fills in the .rodata initialisers."""
-    key = template_key(prog, helpers)
+    memory) and each parameter set only fills in the .rodata initialisers.
+    const_params=False: the text that reads .rodata from memory (nothing to fill in)."""
+    key = template_key(prog, helpers) + ("" if const_params else "-m")
     with _tlock:
         text = None if fresh else _templates.get(key)
     if text is None:
@@ -166,7 +185,8 @@ def build_ir(prog: Program, helpers: str, fresh: bool = False) -> str:
             text = raw.decode()
         else:
             helper_set, _, variant = helpers.partition("/")
-            text = str(ModuleTranslator(prog, helper_set, chunk=variant == "chunk").build())
+            text = str(ModuleTranslator(prog, helper_set, chunk=variant == "chunk",
+                                        const_params=const_params).build())
         if raw is None:
             _disk_write(key, text.encode(), ".ll")
         with _tlock:
@@ -174,7 +194,7 @@ def build_ir(prog: Program, helpers: str, fresh: bool = False) -> str:
             while len(_templates) > TEMPLATE_ENTRIES:
                 _templates.popitem(last=False)
     for i, m in enumerate(prog.maps):
-        if ModuleTranslator.is_readonly(m):
+        if const_params and ModuleTranslator.is_readonly(m):
             blank, filled = rodata_line(prog, i)
             if blank not in text:
                 raise CompileError(f"jit: no .rodata global for map {i} in the template")
@@ -195,27 +215,30 @@ def optimise(ir_text: str, pipeline: str = "fast") -> llvm.ModuleRef:
     if pipeline == "o2":
         pb.getModulePassManager().run(mod, pb)
         return mod
-    # A short pipeline (the first tier, or the only one with STORD_JIT_PIPELINE=fast): the
-    # translator marks subprograms alwaysinline, hoists invariant loads and keeps budget and
-    # status in a local, so inlining, SROA (registers, then the eBPF stack once inlined
-    # constants made its addresses constant), instcombine and CFG cleanup: measured as fast
-    # as a longer list with SCCP, jump threading and GVN, in about half the time.
+    # The first tier (or the only one with STORD_JIT_PIPELINE=fast): the translator marks
+    # subprograms alwaysinline, hoists invariant loads and keeps budget and status in a
+    # local, so inlining, SROA (registers, and the eBPF stack once inlined constants made
+    # its addresses constant), SCCP and CFG cleanup. With the -O0 back end this measured as
+    # fast as inlining + 2x (SROA, instcombine, simplifycfg) in about 60% of the time;
+    # dropping SCCP or simplifycfg halves the speed of the code.
     mpm = llvm.create_new_module_pass_manager()
     mpm.add_always_inliner_pass()
-    for _ in range(2):
-        mpm.add_sroa_pass()
-        mpm.add_instruction_combine_pass()
-        mpm.add_simplify_cfg_pass()
+    mpm.add_sroa_pass()
+    mpm.add_sccp_pass()
+    mpm.add_simplify_cfg_pass()
     mpm.run(mod, pb)
     return mod
 
 
 def compile_object(prog: Program, helpers: str, pipeline: str = "fast") -> bytes:
+    """`pipeline` "o2": parameters folded, the full optimiser; "fast": the first tier, whose
+    object does not depend on the parameter values (see get_compiled)."""
+    const = pipeline == "o2"
     try:
-        mod = optimise(build_ir(prog, helpers), pipeline)
-    except CompileError:
-        mod = optimise(build_ir(prog, helpers, fresh=True), pipeline)   # damaged template
-    return target_machine().emit_object(mod)
+        mod = optimise(build_ir(prog, helpers, const_params=const), pipeline)
+    except CompileError:   # a damaged template
+        mod = optimise(build_ir(prog, helpers, fresh=True, const_params=const), pipeline)
+    return (target_machine() if const else fast_target_machine()).emit_object(mod)
 
 
 _lljit: llvm.LLJIT | None = None
@@ -281,7 +304,9 @@ def get_compiled(prog: Program, helpers: str,
             # forked: the parent's code is still mapped and usable, but releasing it here
             # would run the parent's JIT bookkeeping, so keep it and start afresh
             _inherited.extend(_memory.values())
+            _inherited.extend(_fast.values())
             _memory.clear()
+            _fast.clear()
         hit = _memory.get(key)
         if hit is not None:
             _memory.move_to_end(key)
@@ -291,31 +316,66 @@ def get_compiled(prog: Program, helpers: str,
         # a disk hit skips validation too: an object is only ever written under this key
         # after that exact program and helper set passed it (validate.py is part of the key)
         c = None
-        tiered = PIPELINE == "tiered"
-        for suffix, tier in ((".o", "o2"), (".fast.o", "fast")) if tiered else ((".o", ""),):
-            obj = _disk_read(key, suffix)
+        if PIPELINE != "fast":
+            obj = _disk_read(key, ".o")
             if obj is not None:
                 try:
                     c = _load(key, obj, 0.0, "disk")
-                    c.tier = tier or PIPELINE
-                    break
+                    c.tier = "o2"
                 except (RuntimeError, CompileError):
                     c = None   # a damaged cache file: compile again below
+        if c is None and PIPELINE != "o2":
+            c = _first_tier(prog, helpers, key, validate)
         if c is None:
             if validate is not None:
                 validate()
             t0 = time.perf_counter()
-            first = "fast" if tiered else PIPELINE
-            obj = compile_object(prog, helpers, first)
+            obj = compile_object(prog, helpers, "o2")
             c = _load(key, obj, time.perf_counter() - t0, "compiled")
-            c.tier = first
-            _disk_write(key, obj, ".fast.o" if tiered else ".o")
+            _disk_write(key, obj, ".o")
         _memory[key] = c
         while len(_memory) > MEMORY_CACHE_ENTRIES:
             _memory.popitem(last=False)
-        if tiered and c.tier == "fast":
+        if PIPELINE == "tiered" and c.tier == "fast":
             _start_upgrade(prog, helpers, key, c.slot)
         return c
+
+
+# First-tier code by template key: its object reads the parameters from memory, so every
+# parameter set of a program shares it (a new parameter set costs no LLVM work before its
+# first chunk; only its O2 code is compiled, in the background).
+_fast: OrderedDict[str, Compiled] = OrderedDict()
+
+
+def _first_tier(prog: Program, helpers: str, key: str,
+                validate: Callable[[], None] | None) -> Compiled:
+    """Called with _lock held. Validation is skipped when the code exists: the template
+    key covers everything validate() reads (instructions, map shapes; not the .rodata
+    bytes), and validate.py is part of it."""
+    fkey = template_key(prog, helpers)
+    code = _fast.get(fkey)
+    if code is not None:
+        _fast.move_to_end(fkey)
+        source, seconds = "memory", 0.0
+    else:
+        obj = _disk_read(fkey, ".fast.o")
+        if obj is not None:
+            try:
+                code = _load(fkey, obj, 0.0, "disk")
+            except (RuntimeError, CompileError):
+                code = None   # a damaged cache file: compile again below
+        if code is None:
+            if validate is not None:
+                validate()
+            t0 = time.perf_counter()
+            obj = compile_object(prog, helpers, "fast")
+            code = _load(fkey, obj, time.perf_counter() - t0, "compiled")
+            _disk_write(fkey, obj, ".fast.o")
+        source, seconds = code.source, code.seconds
+        _fast[fkey] = code
+        while len(_fast) > MEMORY_CACHE_ENTRIES:
+            _fast.popitem(last=False)
+    return Compiled(key, code.entry, code.engine, seconds, source, "fast")
 
 
 _upgrades: list[threading.Thread] = []
@@ -365,4 +425,5 @@ def clear_memory_cache() -> None:
     """Forget compiled code and translation templates kept in this process."""
     with _lock, _tlock:
         _memory.clear()
+        _fast.clear()
         _templates.clear()

@@ -9,7 +9,9 @@ runtime.xlate, which tries every region. A failed check calls a cold `fault` fun
 records pc and address in the Env block (layout.py), sets the status and returns, so errors
 come back through memory, never by crashing. The budget and status live in a local of
 stord_entry (`ctl`) so that, once the subprograms are inlined, they are registers.
-.rodata is a constant global holding the parameter values: reading a parameter folds.
+.rodata is a constant global holding the parameter values, so reading a parameter folds;
+or (const_params=False: the first tier's code, shared by every parameter set) it is read
+from the instance's copy like any other map.
 
 Arithmetic follows RFC 9669 with no LLVM undefined behaviour: divisors are replaced before
 udiv/sdiv (x/0 = 0, x%0 = x, INT_MIN/-1 = INT_MIN, INT_MIN%-1 = 0), shift amounts are
@@ -189,10 +191,12 @@ def _reaches(f: int, calls: dict[int, list[int]]) -> set[int]:
 class ModuleTranslator:
     """Builds the LLVM module of one program for one helper set."""
 
-    def __init__(self, prog: Program, helpers: str = "linux", chunk: bool = False) -> None:
+    def __init__(self, prog: Program, helpers: str = "linux", chunk: bool = False,
+                 const_params: bool = True) -> None:
         """`chunk`: the code will only run chunks (run_chunk), so r1 of the entry is the
         context and the context's fields are known (DATA_BASE, META_BASE...): loads of them
-        fold and the program's pointers to meta and data become constants."""
+        fold and the program's pointers to meta and data become constants.
+        `const_params`: .rodata as constants (see rodata_line), else read from memory."""
         if helpers not in base.HELPER_SETS:
             raise CompileError(f"unknown helper set {helpers!r}")
         self.prog = prog
@@ -230,7 +234,7 @@ class ModuleTranslator:
         # see rodata_line() and compile.build_ir.
         self.rodata: dict[int, ir.GlobalVariable] = {}
         for i, m in enumerate(prog.maps):
-            if self.is_readonly(m):
+            if const_params and self.is_readonly(m):
                 ty = ir.ArrayType(I8, m.value_size * m.max_entries)
                 g = ir.GlobalVariable(self.module, ty, f"rodata_{i}")
                 g.initializer = ir.Constant(ty, None)
