@@ -7,10 +7,26 @@ the file: filemap_read() runs it on each page-cache chunk before the copy to use
 with struct stord_meta as XDP metadata, and a STORD_SKIP (XDP_DROP) verdict skips the copy.
 So a range is processed by a single read() that returns 0 when every chunk is skipped.
 
-Why not bcc, which the issue suggested: bcc compiles C with its own front end and map
-macros; the stord sources are libbpf-style (bpf_helpers.h, global variables in
-.bss/.data/.rodata, BTF decl tags) which bcc 0.26 cannot load, and loading them through a
-second loader would make the hook run a different object than the kernel engine verifies.
+Why not bcc, which the issue asked for (tried with Debian's python3-bpfcc 0.26; the host
+tests in tests/test_hook.py re-check each point on every run):
+- bcc's front end compiles the unmodified bpf/*.c once <bpf/bpf_helpers.h> is a stand-in
+  with only libbpf's macros (SEC, __uint, __type: bcc force-includes its own helpers.h, whose
+  helper declarations clash with libbpf's bpf_helper_defs.h);
+- but its loader drops what the programs need. BPFModule::finalize() links the module with
+  LLVM's MCJIT, whose RuntimeDyld ignores R_BPF_64_64, and then only rewrites bcc's own
+  fake map fds. So every reference to a global variable (the state, the parameters, stord.h's
+  scratch) stays `lddw rX, 0` (src 0, imm 0) and the verifier stops at its first use ("Rn
+  invalid mem access 'scalar'" on every built-in); no array map is made for .bss/.data/
+  .rodata; a BTF-defined map in ".maps" (groupby) gets no map either (bcc only knows its
+  BPF_TABLE macros); and a bpf_loop callback is neither loaded (bcc loads only the entry
+  function's own section) nor referenced ("R2 type=scalar expected=func"). Upstream:
+  iovisor/bcc#3451 (global variables) and #3418 (callbacks; "not yet" in 2023, pointing at
+  a move to libbpf) are open;
+- a shim in stord.h cannot help: the globals are plain declarations in each program.
+bcc's optimised IR (debug=DEBUG_LLVM_IR) put through llc-14 and this loader does give the
+interp's answers for every built-in, but then bcc is only a C front end (what the
+toolchain's clang already is) while llc emits and stord loads: so the engine loads the
+toolchain's object, the same one the kernel engine verifies.
 
 The unit of work is a file range, not a chunk: the executor checks `reads_files` and calls
 `run_file(fd, start, end)` on the instance instead of `run_chunk`.
