@@ -63,9 +63,7 @@ JUNK = st.sampled_from(["", "", "abc", "1e5", "-", ".", "1.2.3", " 4", "x\ny", '
 FIELD = st.one_of(NUMBERS, NUMBERS, JUNK)
 
 
-# Long fields of every byte the scanner treats specially: the scanner skips the fields a
-# program does not read a word (8 bytes) at a time, so these cross word boundaries with
-# delimiters, quotes, CR and LF at every position within a word.
+# Long fields of every byte the scanner treats specially, crossing window and chunk ends.
 LONG = st.text(alphabet='ab ,;\t|"\r\n.-7', max_size=40)
 
 
@@ -128,9 +126,9 @@ def test_stats_matches_oracle(f: dict[str, Any], col: int, chunk: int, parts: in
 @given(f=csv_files(field=st.one_of(NUMBERS, LONG, LONG), max_rows=30), col=st.integers(0, 3),
        key=st.integers(0, 3), copies=st.integers(1, 40),
        chunk=st.sampled_from([1, 7, 4095, 4096, 4097, 10_000, 1 << 20]))
-def test_long_fields_across_words_and_windows(f: dict[str, Any], col: int, key: int,
+def test_long_fields_across_windows_and_chunks(f: dict[str, Any], col: int, key: int,
                                               copies: int, chunk: int) -> None:
-    # copies: files past one 4096-byte window, so words straddle window and chunk ends
+    # copies: files past one 4096-byte window, so records straddle window and chunk ends
     data = f["data"] if f["data"].endswith(b"\n") else f["data"] + b"\n"
     data *= copies
     f = dict(f, header=False)   # a header line repeated by `copies` would be data
@@ -140,6 +138,8 @@ def test_long_fields_across_words_and_windows(f: dict[str, Any], col: int, key: 
     got = run(prog, data, chunk=chunk)
     for k in ("rows", "count", "sum", "skipped", "empty", "overflow"):
         assert got[k] == want[k], k
+    if want["overflow"]:
+        return   # a value past the s64 range fails a groupby query as a whole
     prog, _ = resolve("groupby", csv_params(f, key=key, column=col))
     want = oracle.groupby(data, key, col, **kw)
     assert_groups(run(prog, data, chunk=chunk), want)
@@ -236,8 +236,8 @@ def test_grep_dfa_is_a_substring_matcher() -> None:
 
 # -- chunking: a record split at any byte ---------------------------------------------------------
 
-# Short and long fields (the scanner skips unwanted ones a word at a time) with quotes,
-# delimiters, CR and LF inside, blank lines, and a last record without a newline.
+# Short and long fields with quotes, delimiters, CR and LF inside, blank lines, and a last
+# record without a newline.
 TRICKY = (b'id;name;value\r\n1;"a;b";"1.5"\r\n\r\n2;"multi\nline ""q""";-2.25\r\n'
           b'3;;\r\n4;x;+.5\r\n"5";"";junk\r\n7;"a long; quoted ""field"" with\nan LF";12.5\r\n'
           b'12345678901234567;an unquoted name longer than eight;3\n6;z;"-0"')
@@ -261,8 +261,8 @@ def test_every_split_point_gives_the_same_state(name: str, params: dict[str, Any
 
 def test_short_last_windows_never_read_stale_bytes() -> None:
     # A chunk of 4096 + r bytes ends in a window of r bytes; the buffer past it still holds
-    # the previous window. Unwanted fields of random lengths put the skip's word load over
-    # that boundary at every offset.
+    # the previous window, which the scanner must never read (fields of random lengths put
+    # every kind of byte at that boundary).
     rnd = random.Random(7)
     rows = [f"{rnd.randrange(10**rnd.randrange(1, 12))};{'x' * rnd.randrange(0, 23)};"
             f"{rnd.randrange(-999, 999) / 100};{'y' * rnd.randrange(0, 9)}\n" for _ in range(700)]

@@ -85,8 +85,7 @@ static __always_inline int stord_chunk(struct xdp_md *ctx, struct stord_chunk *c
 #endif
 #define STORD_MAX_CHUNK (1u << 23) /* bpf_loop's limit on iterations */
 
-/* +8: an 8-byte word load at any index of the window stays inside the buffer. */
-__u8 stord_buf[STORD_WINDOW + 8] STORD_SCRATCH;
+__u8 stord_buf[STORD_WINDOW] STORD_SCRATCH;
 
 /* Always 0, but the kernel verifier cannot know it (global data is not tracked). The
  * verifier keeps apart states whose registers or stack slots hold different constants, and
@@ -327,21 +326,20 @@ struct stord_csv_walk {
 	__u32 fl;
 	__u32 len;
 	__u32 error;
-	__u32 pos; /* next byte of the window in stord_buf */
-	__u32 n;   /* the window's length */
 };
 
 /* The per-byte state machine (RFC 4180): a quote toggles the quoted state, a doubled quote
  * inside a quoted field is a literal quote, delimiter and LF end fields and records only
  * outside quotes, CR outside quotes is dropped. */
-static __always_inline void stord_csv_byte(struct stord_csv_walk *w, __u32 c)
+static long stord_csv_byte(__u32 idx, void *arg)
 {
-	__u32 fl = w->fl;
+	struct stord_csv_walk *w = arg;
+	__u32 c = stord_buf[idx & (STORD_WINDOW - 1)], fl = w->fl;
 
 	if (c > '"' && c != delim) { /* ordinary in a quoted field, or the first of a record */
 		w->fl = (fl | STORD_CSV_SEEN) & ~STORD_CSV_PQ;
 		stord_csv_content(c, w->column, &w->acc, &w->nst);
-		return;
+		return 0;
 	}
 	if (c == '"') {
 		if ((fl & (STORD_CSV_INQ | STORD_CSV_PQ)) == STORD_CSV_PQ) {
@@ -351,7 +349,7 @@ static __always_inline void stord_csv_byte(struct stord_csv_walk *w, __u32 c)
 		} else {
 			w->fl = (fl ^ STORD_CSV_INQ) | STORD_CSV_PQ | STORD_CSV_SEEN;
 		}
-		return;
+		return 0;
 	}
 	if (!(fl & STORD_CSV_INQ)) {
 		if (c == delim) {
@@ -360,7 +358,7 @@ static __always_inline void stord_csv_byte(struct stord_csv_walk *w, __u32 c)
 			w->fl = stord_zero | STORD_CSV_SEEN;
 			w->acc = stord_zero;
 			w->nst = stord_zero;
-			return;
+			return 0;
 		}
 		if (c == '\n') {
 			stord_csv_field_end(w->column, w->acc, w->nst);
@@ -369,92 +367,28 @@ static __always_inline void stord_csv_byte(struct stord_csv_walk *w, __u32 c)
 			w->fl = stord_zero;
 			w->acc = stord_zero;
 			w->nst = stord_zero;
-			return;
+			return 0;
 		}
 		if (c == '\r')
-			return;
+			return 0;
 	}
 	/* not (fl & INQ) | SEEN: clang would fold that to a constant where it knows INQ */
 	w->fl = (fl | STORD_CSV_SEEN) & ~STORD_CSV_PQ;
 	stord_csv_content(c, w->column, &w->acc, &w->nst);
-}
-
-/* Whether the scanner needs the bytes of this column (a -1 parameter folds its test away). */
-static __always_inline int stord_csv_wanted(__u32 column)
-{
-	return (col >= 0 && column == (__u32)col) || (key_col >= 0 && column == (__u32)key_col);
-}
-
-/* ---- skipping unwanted fields eight bytes at a time (SWAR) ----------------------------- */
-#define STORD_ONES 0x0101010101010101ULL
-#define STORD_HIGHS 0x8080808080808080ULL
-
-/* The high bit of each zero byte of x. Exact up to and including the lowest zero byte
- * (a borrow only runs upward from a zero byte), which is all stord_csv_special() uses. */
-static __always_inline __u64 stord_zero_bytes(__u64 x)
-{
-	return (x - STORD_ONES) & ~x & STORD_HIGHS;
-}
-
-/* Index (0..7) of the first byte of the little-endian word v that is a delimiter, a quote or
- * LF; 8 when there is none. */
-static __always_inline __u32 stord_csv_special(__u64 v)
-{
-	__u64 m = stord_zero_bytes(v ^ (STORD_ONES * delim)) |
-		  stord_zero_bytes(v ^ (STORD_ONES * '"')) |
-		  stord_zero_bytes(v ^ (STORD_ONES * '\n'));
-
-	if (!m)
-		return 8;
-	m &= -m;                                           /* bit 8k+7: byte k */
-	return (((m >> 7) - 1) & STORD_ONES) * STORD_ONES >> 56; /* k */
-}
-
-/* One step of the walk over the window: consumes one byte through the state machine, or,
- * in a field whose bytes the program does not need, first skips every byte up to the next
- * delimiter, quote or LF, a word at a time. Only those three bytes change the state there:
- * any other byte (CR included, since SEEN is already set) leaves it as it is. So a step
- * always consumes at least one byte, and bpf_loop(n) steps cover a window of n bytes. */
-static long stord_csv_step(__u32 i, void *arg)
-{
-	struct stord_csv_walk *w = arg;
-	__u32 pos = w->pos, n = w->n;
-
-	if (pos >= n)
-		return 1;
-	if ((w->fl & (STORD_CSV_PQ | STORD_CSV_SEEN)) == STORD_CSV_SEEN &&
-	    !stord_csv_wanted(w->column)) {
-		__u32 k = stord_csv_special(*(__u64 *)&stord_buf[pos & (STORD_WINDOW - 1)]);
-
-		if (k >= n - pos) { /* no special byte in what is left of the window */
-			w->pos = n;
-			return 1;
-		}
-		if (k == 8) {
-			w->pos = pos + 8;
-			return 0;
-		}
-		pos += k;
-	}
-	w->pos = pos + 1;
-	stord_csv_byte(w, stord_buf[pos & (STORD_WINDOW - 1)]);
 	return 0;
 }
 
-/* One window of the chunk: load it, then step over its bytes. */
+/* One window of the chunk: load it, then the byte callback over its bytes. */
 static long stord_csv_window(__u32 widx, void *arg)
 {
 	struct stord_csv_walk *w = arg;
 	int n = stord_window(w->ctx, widx, w->len);
 
-	if (n >= 0) {
-		w->pos = 0;
-		w->n = n;
-		if (bpf_loop(n, stord_csv_step, w, 0) >= 0)
-			return 0;
+	if (n < 0 || bpf_loop(n, stord_csv_byte, w, 0) < 0) {
+		w->error = 1;
+		return 1;
 	}
-	w->error = 1;
-	return 1;
+	return 0;
 }
 
 /* LAST: a final record without a newline; then clean scratch for a next range. */
