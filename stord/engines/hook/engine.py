@@ -7,8 +7,8 @@ the file: filemap_read() runs it on each page-cache chunk before the copy to use
 with struct stord_meta as XDP metadata, and a STORD_SKIP (XDP_DROP) verdict skips the copy.
 So a range is processed by a single read() that returns 0 when every chunk is skipped.
 
-Why not bcc, which the issue asked for (tried with Debian's python3-bpfcc 0.26; the host
-tests in tests/test_hook.py re-check each point on every run):
+Why not bcc, which the issue asked for (tried with Debian's python3-bpfcc 0.26 on the host
+kernel, with Debian's linux-headers as BCC_KERNEL_SOURCE):
 - bcc's front end compiles the unmodified bpf/*.c once <bpf/bpf_helpers.h> is a stand-in
   with only libbpf's macros (SEC, __uint, __type: bcc force-includes its own helpers.h, whose
   helper declarations clash with libbpf's bpf_helper_defs.h);
