@@ -215,14 +215,13 @@ def optimise(ir_text: str, pipeline: str = "fast") -> llvm.ModuleRef:
     if pipeline == "o2":
         pb.getModulePassManager().run(mod, pb)
         return mod
-    # The first tier (or the only one with STORD_JIT_PIPELINE=fast): the translator marks
-    # subprograms alwaysinline, hoists invariant loads and keeps budget and status in a
-    # local, so inlining, SROA (registers, and the eBPF stack once inlined constants made
-    # its addresses constant), SCCP and CFG cleanup. With the -O0 back end this measured as
-    # fast as inlining + 2x (SROA, instcombine, simplifycfg) in about 60% of the time;
-    # dropping SCCP or simplifycfg halves the speed of the code.
+    # The first tier (or the only one with STORD_JIT_PIPELINE=fast): the translator has
+    # inlined the subprograms, hoisted invariant loads and keeps budget and status in a
+    # local, so SROA (registers, and the eBPF stack, whose addresses are constants once
+    # inlined), SCCP and CFG cleanup. With the -O0 back end this measured as fast as
+    # 2x (SROA, instcombine, simplifycfg) in about 60% of the time; dropping SCCP or
+    # simplifycfg halves the speed of the code.
     mpm = llvm.create_new_module_pass_manager()
-    mpm.add_always_inliner_pass()
     mpm.add_sroa_pass()
     mpm.add_sccp_pass()
     mpm.add_simplify_cfg_pass()

@@ -303,7 +303,7 @@ class Runtime:
         b.position_at_end(bad)   # the callback recorded a fault: move it to the ctl slot
         b.store(st, b.gep(ft.ctl, [c64(8)], source_etype=I8))
         b.store(c64(0), ft.env_ptr(L.STATUS))
-        b.ret(c64(0))
+        ft.leave(c64(0))
         b.position_at_end(cont)
         ft.carry_cache(cache)
         ft.set_reg(0, r0)

@@ -20,7 +20,7 @@ masked, and no nsw/nuw flags are emitted.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from stord.engines import base
 from stord.engines.jit import irtext as ir
@@ -63,8 +63,32 @@ def map_handle(index: int) -> int:
 @dataclass
 class Subprogram:
     start: int
-    end: int          # exclusive
+    end: int                       # exclusive
+    fn: ir.Function | None = None  # its LLVM function, made when a real call needs one
+
+
+@dataclass
+class Frame:
+    """One LLVM function being built: allocas and loop-invariant loads go to the end of
+    its entry block (which branches to the body), shared by the subprograms inlined in it."""
     fn: ir.Function
+    b: ir.IRBuilder
+    entry: ir.Block
+    env: ir.Value
+    stack: ir.Value
+    ctl: ir.Value
+    hoist: dict = field(default_factory=dict)
+    hoisting: bool = False
+
+    @classmethod
+    def start(cls, fn: ir.Function, env: ir.Value, stack: ir.Value | None = None,
+              ctl: ir.Value | None = None) -> Frame:
+        entry = fn.append_basic_block("entry")
+        b = ir.IRBuilder(entry)
+        body = fn.append_basic_block("body")
+        b.branch(body)
+        b.position_at_end(body)
+        return cls(fn, b, entry, env, stack, ctl)
 
 
 def subprogram_starts(insns: list[isa.Insn]) -> list[int]:
@@ -211,11 +235,8 @@ class ModuleTranslator:
         self.subs: dict[int, Subprogram] = {}
         for k, s in enumerate(starts):
             end = starts[k + 1] if k + 1 < len(starts) else len(self.insns)
-            fn = ir.Function(self.module, ir.FunctionType(RET, SUB_ARGS), name=f"sub_{s}")
-            fn.linkage = "internal"
-            fn.args[0].add_attribute("noalias")
-            fn.args[2].add_attribute("noalias")
-            self.subs[s] = Subprogram(s, end, fn)
+            self.subs[s] = Subprogram(s, end)
+        self._pending: list[Subprogram] = []   # functions called for real, to translate
         # bpf_loop callbacks: every subprogram whose address a program takes
         self.callbacks = sorted({i + ins.imm + 1 for i, ins in enumerate(self.insns)
                                  if ins.op == isa.LDDW and ins.src == isa.PSEUDO_FUNC})
@@ -225,10 +246,6 @@ class ModuleTranslator:
             i + ins.imm + 1 == 0 for i, ins in enumerate(self.insns)
             if (ins.op == isa.CALL_OP and ins.src == isa.PSEUDO_CALL)
             or (ins.op == isa.LDDW and ins.src == isa.PSEUDO_FUNC))
-        for s in self.inlined:
-            # inlining lets constant arguments (callbacks, map handles, depth) fold; the
-            # pass pipeline has only the always-inliner, so this choice is final
-            self.subs[s].fn.attributes.add("alwaysinline")
         # .rodata (the parameters) as constant globals. The rest of the translation does not
         # depend on their bytes, so a template (zeroinitializer) can be filled in later:
         # see rodata_line() and compile.build_ir.
@@ -284,28 +301,48 @@ class ModuleTranslator:
         return m.value_size * m.max_entries
 
     def build(self) -> ir.Module:
-        for sub in self.subs.values():
-            FunctionTranslator(self, sub).translate()
         self._entry()
+        while self._pending:
+            sub = self._pending.pop()
+            fn = sub.fn
+            frame = Frame.start(fn, fn.args[0], fn.args[1], fn.args[2])
+            FunctionTranslator(self, sub, frame, fn.args[3], fn.args[4:9]).translate()
         return self.module
+
+    def function_of(self, sub: Subprogram) -> ir.Function:
+        """The LLVM function of a subprogram called for real (not inlined): recursion, or
+        a function too large to copy into its several call sites."""
+        if sub.fn is None:
+            fn = ir.Function(self.module, ir.FunctionType(RET, SUB_ARGS), name=f"sub_{sub.start}")
+            fn.linkage = "internal"
+            fn.args[0].add_attribute("noalias")
+            fn.args[2].add_attribute("noalias")
+            sub.fn = fn
+            self._pending.append(sub)
+        return sub.fn
 
     def _entry(self) -> None:
         """i64 stord_entry(env, r1, r2): a zeroed host stack, then subprogram 0 at depth 0."""
         fn = ir.Function(self.module, ir.FunctionType(I64, [PTR, I64, I64]), name=ENTRY_NAME)
         fn.args[0].add_attribute("noalias")
-        b = ir.IRBuilder(fn.append_basic_block("entry"))
-        stack = b.alloca(ir.ArrayType(I8, STACK_SPAN), name="stack", align=16)
+        env = fn.args[0]
+        frame = Frame.start(fn, env)
+        b = frame.b
+        b.position_before_terminator(frame.entry)
+        frame.stack = stack = b.alloca(ir.ArrayType(I8, STACK_SPAN), name="stack", align=16)
         memset = self.intrinsic("llvm.memset.p0.i64", VOID, [PTR, I8, I64, I1])
         b.call(memset, [stack, ir.Constant(I8, 0), c64(STACK_SPAN), ir.Constant(I1, 0)])
         zero = c64(0)
-        env = fn.args[0]
-        ctl = b.alloca(I64, 2, name="ctl")
+        frame.ctl = ctl = b.alloca(I64, 2, name="ctl")
         budget_p = b.gep(env, [c64(L.BUDGET)], source_etype=I8)
         b.store(b.load(budget_p, typ=I64), ctl)
         b.store(zero, b.gep(ctl, [c64(CTL_STATUS)], source_etype=I8))
+        b.position_at_end(fn.blocks[1])
         r1 = c64(base.CTX_BASE) if self.chunk else fn.args[1]
-        args = [env, stack, ctl, zero, r1, fn.args[2], zero, zero, zero]
-        r0 = b.call(self.subs[0].fn, args)
+        # subprogram 0, inlined here, so that the host stack and ctl are this function's
+        # allocas (SROA keeps them in registers)
+        r0 = FunctionTranslator(self, self.subs[0], frame, zero,
+                                [r1, fn.args[2], zero, zero, zero], inline=True).translate()
         b.store(b.load(ctl, typ=I64), budget_p)
         status = b.load(b.gep(ctl, [c64(CTL_STATUS)], source_etype=I8), typ=I64)
         unwound = b.icmp_unsigned("==", status, c64(L.ST_UNWIND))
@@ -324,29 +361,51 @@ def rodata_line(prog: Program, index: int) -> tuple[str, str]:
 
 
 class FunctionTranslator:
-    """Translates the slots [start, end) of one subprogram into its LLVM function."""
+    """Translates the slots [start, end) of one subprogram into the function of `frame`:
+    its own LLVM function, or (inline=True) inlined at the builder's position, where
+    returning is a branch to a continuation block. Inlining here rather than with LLVM's
+    always-inliner saves that pass (~10 ms of a cold compile) and lets constants (the call
+    depth, callbacks, map handles) fold while the text is written."""
 
-    def __init__(self, mt: ModuleTranslator, sub: Subprogram) -> None:
+    def __init__(self, mt: ModuleTranslator, sub: Subprogram, frame: Frame, depth: ir.Value,
+                 args: list[ir.Value], inline: bool = False,
+                 chain: tuple[int, ...] = ()) -> None:
         self.mt = mt
         self.sub = sub
-        self.fn = sub.fn
+        self.frame = frame
+        self.fn = frame.fn
         self.insns = mt.insns
-        self.env, self.stack, self.ctl, self.depth = self.fn.args[:4]
-        self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
-        self.regs = [self.b.alloca(I64, name=f"r{i}") for i in range(11)]
+        self.env, self.stack, self.ctl, self.depth = frame.env, frame.stack, frame.ctl, depth
+        self.inline = inline
+        self.chain = chain + (sub.start,)   # subprograms inlined around this one
+        b = self.b = frame.b
+        here = b.block
+        b.position_before_terminator(frame.entry)
+        self.regs = [b.alloca(I64, name=f"r{i}") for i in range(11)]
+        b.position_at_end(here)
         # as in the interp: r1-r5 are the arguments, r0 and r6-r9 start at 0
         for i in range(10):
-            self.b.store(self.fn.args[3 + i] if 1 <= i <= 5 else c64(0), self.regs[i])
-        r10 = self.b.sub(c64(base.STACK_TOP), self.b.mul(self.depth, c64(isa.STACK_SIZE)))
-        self.b.store(r10, self.regs[10])
+            b.store(args[i - 1] if 1 <= i <= 5 else c64(0), self.regs[i])
+        r10 = b.sub(c64(base.STACK_TOP), b.mul(self.depth, c64(isa.STACK_SIZE)))
+        b.store(r10, self.regs[10])
+        self.exits: list[tuple[ir.Value, ir.Block]] = []
+        self.exit_block = self.fn.append_basic_block("return") if inline else None
         # after a callee faulted (status already stored): return at once
         self.propagate_block = self.fn.append_basic_block("propagate")
-        ir.IRBuilder(self.propagate_block).ret(c64(0))
+        b.position_at_end(self.propagate_block)
+        self.leave(c64(0))
+        b.position_at_end(here)
         self.blocks: dict[int, ir.Block] = {}
         self._cache: dict[int, ir.Value] = {}
         self._cache_block: ir.Block | None = None
-        self._hoist: dict[object, ir.Value] = {}
-        self._hoisting = False
+
+    def leave(self, r0: ir.Value) -> None:
+        """Return r0 from this subprogram (ends the current block)."""
+        if self.inline:
+            self.exits.append((r0, self.b.block))
+            self.b.branch(self.exit_block)
+        else:
+            self.b.ret(r0)
 
     # -- small helpers -------------------------------------------------------------------
 
@@ -389,19 +448,21 @@ class FunctionTranslator:
         cache[i] = v
 
     def hoisted(self, key: object, make: callable) -> ir.Value:
-        """A loop-invariant value computed once in the entry block."""
-        v = self._hoist.get(key)
+        """A loop-invariant value computed once in the function's entry block (from the
+        env argument, so it is valid in every subprogram inlined in the function)."""
+        frame = self.frame
+        v = frame.hoist.get(key)
         if v is None:
-            if self._hoisting:
-                v = self._hoist[key] = make()
+            if frame.hoisting:
+                v = frame.hoist[key] = make()
                 return v
             here = self.b.block
-            self._hoisting = True
-            self.b.position_before_terminator(self.entry_block)
+            frame.hoisting = True
+            self.b.position_before_terminator(frame.entry)
             try:
-                v = self._hoist[key] = make()
+                v = frame.hoist[key] = make()
             finally:
-                self._hoisting = False
+                frame.hoisting = False
                 self.b.position_at_end(here)
         return v
 
@@ -422,7 +483,7 @@ class FunctionTranslator:
                 info if isinstance(info, ir.Value) else c64(info)]
         self.b.call(self.mt.fault_fn, vals)
         self.b.store(c64(status), self.b.gep(self.ctl, [c64(CTL_STATUS)], source_etype=I8))
-        self.b.ret(c64(0))
+        self.leave(c64(0))
 
     def check(self, ok: ir.Value, status: int, pc: int, addr: ir.Value | int = 0,
               info: ir.Value | int = 0) -> None:
@@ -583,9 +644,9 @@ class FunctionTranslator:
 
     # -- translation ---------------------------------------------------------------------
 
-    def translate(self) -> None:
+    def translate(self) -> ir.Value | None:
+        """Emit the subprogram; inlined, returns its r0 with the builder after it."""
         b = self.b
-        self.entry_block = b.block
         b.branch(self.block_at(self.sub.start))
         pc = self.sub.start
         leaders = self._leaders()
@@ -608,6 +669,15 @@ class FunctionTranslator:
             pc = self._insn(pc, ins)
         if not b.block.is_terminated:
             self.fail(L.ST_FALLTHROUGH, self.sub.end - 1)
+        if not self.inline:
+            return None
+        b.position_at_end(self.exit_block)
+        if len(self.exits) == 1:
+            return self.exits[0][0]
+        phi = b.phi(I64)
+        for v, blk in self.exits:
+            phi.add_incoming(v, blk)
+        return phi
 
     def _leaders(self) -> set[int]:
         out: set[int] = set()
@@ -801,7 +871,7 @@ class FunctionTranslator:
         b = self.b
         op = ins.op & 0xF0
         if op == isa.EXIT:
-            b.ret(self.reg(0))
+            self.leave(self.reg(0))
             return
         if op == isa.CALL:
             self._call(pc, ins, is32)
@@ -859,7 +929,7 @@ class FunctionTranslator:
             raise CompileError(f"call with source {ins.src} at slot {pc}")
 
     def call_sub(self, pc: int, target: int, regs: list[ir.Value],
-                 noinline: bool = False, charge: bool = True) -> ir.Value:
+                 charge: bool = True) -> ir.Value:
         """Call subprogram `target` one frame deeper (r1..r5 = regs); returns its r0.
         The caller's r1-r5 stay as they were (as in the interp)."""
         sub = self.mt.subs.get(target)
@@ -870,7 +940,7 @@ class FunctionTranslator:
         self.check(b.icmp_unsigned("<", depth, c64(base.MAX_CALL_DEPTH)), L.ST_DEPTH, pc)
         if charge:   # (bpf_loop charges its calls up front)
             self.charge(pc)
-        if noinline or target not in self.mt.inlined:
+        if target not in self.mt.inlined or target in self.chain:
             # a real call: hand the callee a copy of ctl, so that ctl itself never escapes
             # and stays in registers here
             tmp = self.hoisted(("ctl_copy",), lambda: b.alloca(I64, 2, name="ctl_copy"))
@@ -878,11 +948,11 @@ class FunctionTranslator:
             tmp_status = b.gep(tmp, [c64(CTL_STATUS)], source_etype=I8)
             b.store(b.load(self.ctl, typ=I64), tmp)
             b.store(b.load(ctl_status, typ=I64), tmp_status)
-            res = b.call(sub.fn, [self.env, self.stack, tmp, depth] + regs,
-                         attrs=("noinline",) if noinline else ())
+            res = b.call(self.mt.function_of(sub), [self.env, self.stack, tmp, depth] + regs)
             b.store(b.load(tmp, typ=I64), self.ctl)
             b.store(b.load(tmp_status, typ=I64), ctl_status)
         else:
-            res = b.call(sub.fn, [self.env, self.stack, self.ctl, depth] + regs)
+            res = FunctionTranslator(self.mt, sub, self.frame, depth, regs, inline=True,
+                                     chain=self.chain).translate()
         self.check_status()
         return res
