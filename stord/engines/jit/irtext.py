@@ -58,9 +58,19 @@ class Value:
         self.constant = constant
 
 
+_interned: dict[tuple[Type, int], Value] = {}   # integer constants (values are immutable)
+
+
 def Constant(ty: Type, value: int | bytes | bytearray | None) -> Value:  # noqa: N802
     """An integer constant (masked to its width), null (ptr, None), zeroinitializer
     (array, None) or an i8 array's bytes."""
+    if value.__class__ is int:
+        hit = _interned.get((ty, value))
+        if hit is None:
+            hit = _int_constant(ty, value)
+            if len(_interned) < 1 << 16:
+                _interned[ty, value] = hit
+        return hit
     if ty == "ptr":
         return Value(ty, "null")
     bits = _BITS.get(ty)
@@ -68,7 +78,12 @@ def Constant(ty: Type, value: int | bytes | bytearray | None) -> Value:  # noqa:
         if value is None:
             return Value(ty, "zeroinitializer")
         return Value(ty, byte_string(bytes(value)))
-    v = int(value) & ((1 << bits) - 1)
+    return _int_constant(ty, int(value))
+
+
+def _int_constant(ty: Type, value: int) -> Value:
+    bits = _BITS[ty]
+    v = value & ((1 << bits) - 1)
     if bits == 1:
         return Value(ty, "true" if v else "false", v)
     return Value(ty, str(v), v)
@@ -284,6 +299,10 @@ class IRBuilder:
         return self._binop("mul", a, b, int.__mul__, 1)
 
     def and_(self, a: Value, b: Value) -> Value:
+        if a.constant is not None and b.constant is None:
+            a, b = b, a
+        if b.constant == (1 << _BITS[a.type]) - 1:
+            return a
         return self._binop("and", a, b, int.__and__)
 
     def or_(self, a: Value, b: Value) -> Value:

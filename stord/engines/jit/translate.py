@@ -581,9 +581,9 @@ class FunctionTranslator:
         incoming: list[tuple[ir.Value, ir.Block]] = []
         slow = self.fn.append_basic_block(f"xlate{pc}")
 
-        def inline_check(ok: ir.Value, host: callable) -> None:
+        def inline_check(ok: ir.Value, host: callable, other: ir.Block | None = None) -> None:
             fast = self.fn.append_basic_block(f"inrange{pc}")
-            other = self.fn.append_basic_block(f"notin{pc}")
+            other = other or self.fn.append_basic_block(f"notin{pc}")
             b.cbranch(ok, fast, other)
             b.position_at_end(fast)
             incoming.append((host(), b.block))
@@ -600,15 +600,15 @@ class FunctionTranslator:
         # must never escape into a call, or LLVM could not keep stack slots in registers.
         lo = b.sub(c64(base.STACK_TOP), b.mul(b.add(self.depth, c64(1)), c64(isa.STACK_SIZE)))
         inline_check(self.fits(b.sub(addr, lo), b.sub(c64(base.STACK_TOP), lo), nbytes),
-                     lambda: b.gep(self.stack, [b.sub(addr, c64(STACK_LO))], source_etype=I8))
-        b.branch(slow)
-        b.position_at_end(slow)
+                     lambda: b.gep(self.stack, [b.sub(addr, c64(STACK_LO))], source_etype=I8),
+                     other=slow)
         p = b.call(self.mt.runtime.xlate, [self.env, addr, nbytes, c64(int(write))])
         info = b.or_(nbytes, c64(L.WRITE_BIT if write else 0))
-        self.check(b.icmp_unsigned("!=", p, ir.Constant(PTR, None)), L.ST_ACCESS, pc, addr,
-                   info)
         incoming.append((p, b.block))
-        b.branch(done)
+        bad = self.fn.append_basic_block(f"bad{pc}")
+        b.cbranch(b.icmp_unsigned("!=", p, ir.Constant(PTR, None)), done, bad)
+        b.position_at_end(bad)
+        self.fail(L.ST_ACCESS, pc, addr, info)
         b.position_at_end(done)
         self.carry_cache(cache)
         if len(incoming) == 1:
