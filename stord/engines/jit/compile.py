@@ -246,19 +246,33 @@ _inherited: list[Compiled] = []
 _libraries = itertools.count()
 
 
+def _jit() -> llvm.LLJIT:
+    global _lljit, _lljit_pid
+    if _lljit is None or _lljit_pid != os.getpid():
+        # a forked worker must not reuse its parent's JIT (its threads did not survive)
+        _lljit = llvm.create_lljit_compiler(target_machine())
+        _lljit_pid = os.getpid()
+    return _lljit
+
+
+def warm_up() -> None:
+    """The once-per-process set-up (target machines, the JIT, libc's addresses, the build
+    tag: ~11 ms, mostly ctypes.util.find_library), so that the first compile does not pay it;
+    JitEngine.probe runs it."""
+    fast_target_machine()
+    _jit()
+    _libc_symbols()
+    _build_tag()
+
+
 def _load(key: str, obj: bytes, seconds: float, source: str) -> Compiled:
     """Link the object into the process-wide ORC LLJIT as a new library; the returned
     resource tracker (kept by Compiled) frees the code when the last instance lets go."""
-    global _lljit, _lljit_pid
-    tm = target_machine()
-    if _lljit is None or _lljit_pid != os.getpid():
-        # a forked worker must not reuse its parent's JIT (its threads did not survive)
-        _lljit = llvm.create_lljit_compiler(tm)
-        _lljit_pid = os.getpid()
+    jit = _jit()
     builder = llvm.JITLibraryBuilder().add_object_img(obj).export_symbol(ENTRY_NAME)
     for name, addr in _libc_symbols().items():
         builder.import_symbol(name, addr)
-    tracker = builder.link(_lljit, f"prog{next(_libraries)}_{key[:16]}")
+    tracker = builder.link(jit, f"prog{next(_libraries)}_{key[:16]}")
     addr = tracker[ENTRY_NAME]
     if not addr:
         raise CompileError("jit: compiled object has no entry point")

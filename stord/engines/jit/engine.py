@@ -275,14 +275,20 @@ class JitEngine(base.Engine):
     name = "jit"
     chunk_size: ClassVar[int] = JitInstance.chunk_size
 
+    _probe_result: ClassVar[tuple[str | None] | None] = None
+
     @classmethod
     def probe(cls) -> str | None:
-        try:
-            from stord.engines.jit.compile import target_machine
-            target_machine()
-        except Exception as e:  # noqa: BLE001 - any failure means "not usable here"
-            return f"LLVM native target unavailable: {e}"
-        return None
+        """None when LLVM's native target and JIT work here (and then they are set up, so
+        the first compile does not pay for it), else why not."""
+        if cls._probe_result is None:
+            try:
+                from stord.engines.jit.compile import warm_up
+                warm_up()
+                cls._probe_result = (None,)
+            except Exception as e:  # noqa: BLE001 - any failure means "not usable here"
+                cls._probe_result = (f"LLVM native target unavailable: {e}",)
+        return cls._probe_result[0]
 
     def load(self, prog: Program, *, budget: int = base.DEFAULT_BUDGET,
              helpers: str = "linux") -> JitInstance:
