@@ -58,18 +58,18 @@ class Value:
         self.constant = constant
 
 
-_interned: dict[tuple[Type, int], Value] = {}   # integer constants (values are immutable)
+interned: dict[tuple[Type, int], Value] = {}   # integer constants (values are immutable)
 
 
 def Constant(ty: Type, value: int | bytes | bytearray | None) -> Value:  # noqa: N802
     """An integer constant (masked to its width), null (ptr, None), zeroinitializer
     (array, None) or an i8 array's bytes."""
     if value.__class__ is int:
-        hit = _interned.get((ty, value))
+        hit = interned.get((ty, value))
         if hit is None:
             hit = _int_constant(ty, value)
-            if len(_interned) < 1 << 16:
-                _interned[ty, value] = hit
+            if len(interned) < 1 << 16:
+                interned[ty, value] = hit
         return hit
     if ty == "ptr":
         return Value(ty, "null")
@@ -266,8 +266,13 @@ class IRBuilder:
             self._at += 1
 
     def _value(self, ty: Type, text: str) -> Value:
-        ref = self.fn.fresh()
-        self._line(f"  {ref} = {text}")
+        fn = self.fn
+        fn.counter += 1
+        ref = f"%v{fn.counter}"
+        if self._at is None:
+            self.block.lines.append(f"  {ref} = {text}")
+        else:
+            self._line(f"  {ref} = {text}")
         return Value(ty, ref)
 
     def _terminate(self, text: str) -> None:

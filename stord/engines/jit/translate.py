@@ -26,6 +26,7 @@ from stord.engines import base
 from stord.engines.jit import irtext as ir
 from stord.engines.jit import kinds
 from stord.engines.jit import layout as L
+from stord.engines.jit.irtext import interned
 from stord.errors import CompileError
 from stord.program import isa
 from stord.program.model import MAP_HASH, MAP_PERCPU_HASH, MapDef, Program
@@ -46,11 +47,11 @@ CTL_BUDGET, CTL_STATUS = 0, 8
 ENTRY_NAME = "stord_entry"
 
 
-def c64(v: int) -> ir.Constant:
-    return ir.Constant(I64, v & 0xFFFF_FFFF_FFFF_FFFF)
+def c64(v: int) -> ir.Value:
+    return interned.get((I64, v)) or ir.Constant(I64, v & 0xFFFF_FFFF_FFFF_FFFF)
 
 
-def c32(v: int) -> ir.Constant:
+def c32(v: int) -> ir.Value:
     return ir.Constant(I32, v & 0xFFFF_FFFF)
 
 
