@@ -473,6 +473,11 @@ class FunctionTranslator:
                 self.b.gep(self.env, [c64(off)], source_etype=I8), typ))
         return self.b.load(self.b.gep(self.env, [c64(off)], source_etype=I8), typ=typ)
 
+    def ctl_status(self) -> ir.Value:
+        """Pointer to the status word of ctl (one per function: every fault stores it)."""
+        return self.hoisted(("ctl_status",), lambda: self.b.gep(
+            self.ctl, [c64(CTL_STATUS)], source_etype=I8))
+
     def env_ptr(self, off: int) -> ir.Value:
         return self.b.gep(self.env, [c64(off)], source_etype=I8)
 
@@ -483,7 +488,7 @@ class FunctionTranslator:
                 addr if isinstance(addr, ir.Value) else c64(addr),
                 info if isinstance(info, ir.Value) else c64(info)]
         self.b.call(self.mt.fault_fn, vals)
-        self.b.store(c64(status), self.b.gep(self.ctl, [c64(CTL_STATUS)], source_etype=I8))
+        self.b.store(c64(status), self.ctl_status())
         self.leave(c64(0))
 
     def check(self, ok: ir.Value, status: int, pc: int, addr: ir.Value | int = 0,
@@ -501,7 +506,7 @@ class FunctionTranslator:
     def check_status(self) -> None:
         """After a call that may fault: leave when the status is set."""
         cache = self._cached()
-        st = self.b.load(self.b.gep(self.ctl, [c64(CTL_STATUS)], source_etype=I8), typ=I64)
+        st = self.b.load(self.ctl_status(), typ=I64)
         cont = self.fn.append_basic_block("called")
         self.b.cbranch(self.b.icmp_unsigned("==", st, c64(0)), cont, self.propagate_block)
         self.b.position_at_end(cont)
@@ -945,7 +950,7 @@ class FunctionTranslator:
             # a real call: hand the callee a copy of ctl, so that ctl itself never escapes
             # and stays in registers here
             tmp = self.hoisted(("ctl_copy",), lambda: b.alloca(I64, 2, name="ctl_copy"))
-            ctl_status = b.gep(self.ctl, [c64(CTL_STATUS)], source_etype=I8)
+            ctl_status = self.ctl_status()
             tmp_status = b.gep(tmp, [c64(CTL_STATUS)], source_etype=I8)
             b.store(b.load(self.ctl, typ=I64), tmp)
             b.store(b.load(ctl_status, typ=I64), tmp_status)
