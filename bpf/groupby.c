@@ -1,8 +1,8 @@
 /* groupby: per distinct key (the bytes of column key_col, at most STORD_KEY_LEN) the
  * number of records and count/sum/min/max of the number column col (-1: rows only).
  * At most GROUPS_MAX keys: records of further keys are counted in `dropped` (the query
- * reports the limit; never a silently partial answer). Keys longer than STORD_KEY_LEN
- * count in `skipped`. */
+ * reports the limit; never a silently partial answer). Keys longer than STORD_KEY_LEN or
+ * holding a NUL byte count in `skipped`. */
 #define STORD_CSV
 #include "stord.h"
 

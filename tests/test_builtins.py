@@ -345,6 +345,37 @@ def test_long_keys_are_skipped_not_truncated() -> None:
     assert state["skipped"] == 1 and set(fin(state)) == {"short", "k" * 32}
 
 
+@SETTINGS
+@given(keys=st.lists(st.binary(min_size=0, max_size=6).filter(
+           lambda b: not any(c in b for c in b',"\r\n')), min_size=1, max_size=30),
+       chunk=st.integers(1, 40))
+def test_groupby_keys_of_any_bytes_stay_distinct(keys: list[bytes], chunk: int) -> None:
+    # Latin-1 or binary keys must neither merge (a lossy decode) nor be cut at a NUL.
+    data = b"".join(k + b",1\n" for k in keys)
+    prog, fin = resolve("groupby", {"key": 0, "column": 1, "scale": 0})
+    state = run(prog, data, chunk=chunk)
+    want: dict[bytes, int] = {}
+    for row in csv.reader(io.StringIO(data.decode("latin-1"), newline="")):
+        k = row[0].encode("latin-1")
+        if b"\0" not in k:
+            want[k] = want.get(k, 0) + 1
+    got = fin(state)
+    as_bytes = {k.encode() if isinstance(k, str) else k: g["rows"] for k, g in got.items()}
+    assert as_bytes == want
+    for k in got:   # str exactly when the key is UTF-8
+        raw = k.encode() if isinstance(k, str) else k
+        assert isinstance(k, str) == _is_utf8(raw)
+    assert state["skipped"] == sum(1 for k in keys if b"\0" in k)
+
+
+def _is_utf8(b: bytes) -> bool:
+    try:
+        b.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
 def test_avg_matches_duckdb_read_csv(tmp_path: Any) -> None:
     """DuckDB parsing the file itself (its own CSV reader), not our oracle's parse."""
     path = tmp_path / "s.csv"

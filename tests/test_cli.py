@@ -228,3 +228,28 @@ def test_other_delimiters_by_column_name(daemon, engine, data_root, delim, flag)
     out = json.loads(p.stdout)
     assert out["result"] == pytest.approx(1.25 - 3 + 10)
     assert out["stats"]["skipped"] == 1
+
+
+def test_groupby_latin1_keys_stay_distinct(daemon, engine, data_root) -> None:
+    # "Zürich" and "Zörich" in Latin-1 are not UTF-8: a lossy decode would merge them.
+    from stord_client import Client
+
+    path = data_root / "data" / "latin1.csv"
+    rows = [b"Z\xfcrich,1", b"Z\xf6rich,2", b"Z\xfcrich,4", b"Bern,8", "Gen\u00e8ve,16".encode()]
+    path.write_bytes(b"\n".join(rows) + b"\n")
+    try:
+        with Client(daemon.address, token=ALICE) as c:
+            r = c.query("data/latin1.csv", "groupby", key=0, column=1, scale=0, engine=engine)
+        sums = {k: g["sum"] for k, g in r.value.items()}
+        assert sums == {b"Z\xfcrich": 5, b"Z\xf6rich": 2, "Bern": 8, "Gen\u00e8ve": 16}
+        p = run("groupby", "data/latin1.csv", "--key", "0", "--column", "1",
+                "--engine", engine, "--json", host=daemon.address)
+        assert p.returncode == 0, p.stderr
+        got = {k: float(g["sum"]) for k, g in json.loads(p.stdout)["result"].items()}
+        assert got == {"Z\\xfcrich": 5, "Z\\xf6rich": 2, "Bern": 8, "Gen\u00e8ve": 16}
+        p = run("groupby", "data/latin1.csv", "--key", "0", "--column", "1",
+                "--engine", engine, host=daemon.address)
+        assert p.returncode == 0, p.stderr
+        assert "Z\\xfcrich" in p.stdout and "Z\\xf6rich" in p.stdout
+    finally:
+        path.unlink()

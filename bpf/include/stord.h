@@ -254,7 +254,7 @@ __u64 overflow; /* values or sums that do not fit: the query fails */
 struct stord_record {
 	__s64 num;    /* valid when num_status == STORD_NUM_OK */
 	__u32 num_status;
-	__u32 key_len; /* > STORD_KEY_LEN: the key was too long (key holds its first bytes) */
+	__u32 key_len; /* > STORD_KEY_LEN: the key was too long or held a NUL byte */
 	char key[STORD_KEY_LEN]; /* NUL padded */
 };
 
@@ -276,10 +276,14 @@ struct stord_csv stord_csv STORD_SCRATCH;
 /* Called once per record (blank lines are not records; the header is not passed). */
 static __always_inline void stord_csv_record(struct stord_record *r);
 
+/* A key holding a NUL byte is refused like a key that is too long: keys are NUL padded,
+ * so "a\0b" would read back as "a" and merge with it. */
 static __always_inline void stord_csv_key_byte(__u8 c)
 {
 	__u32 k = stord_csv.rec.key_len;
 
+	if (c == 0)
+		k = STORD_KEY_LEN;
 	if (k < STORD_KEY_LEN)
 		stord_csv.rec.key[k] = c;
 	if (k <= STORD_KEY_LEN)

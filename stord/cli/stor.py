@@ -228,10 +228,16 @@ def format_hist(v: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def text_key(k: Any) -> str:
+    """A group key for display: keys that are not UTF-8 arrive as bytes; their other bytes
+    show as \\xNN escapes."""
+    return k.decode("utf-8", "backslashreplace") if isinstance(k, bytes) else str(k)
+
+
 def format_groups(v: dict[Any, Any]) -> str:
     cols = ("rows", "count", "sum", "avg", "min", "max")
-    table = [["key", *cols]] + [[str(k), *(_scalar(g.get(c)) for c in cols)]
-                                for k, g in sorted(v.items(), key=lambda kv: str(kv[0]))]
+    table = [["key", *cols]] + [[text_key(k), *(_scalar(g.get(c)) for c in cols)]
+                                for k, g in sorted(v.items(), key=lambda kv: text_key(kv[0]))]
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     return "\n".join("  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i])
                                for i, cell in enumerate(row)) for row in table)
@@ -239,7 +245,10 @@ def format_groups(v: dict[Any, Any]) -> str:
 
 def print_result(cmd: str, r: Result, as_json: bool) -> None:
     if as_json:
-        print(json.dumps({"result": r.value, "stats": r.stats}, default=_json_default))
+        v = r.value
+        if isinstance(v, dict) and any(isinstance(k, bytes) for k in v):
+            v = {text_key(k): g for k, g in v.items()}   # JSON keys must be strings
+        print(json.dumps({"result": v, "stats": r.stats}, default=_json_default))
         return
     v = r.value
     if cmd == "hist" and isinstance(v, dict) and "counts" in v:

@@ -392,7 +392,7 @@ class Btf:
         if k == ARRAY:
             n = t.nelems
             if self.is_char_array(t.id):
-                return lambda d, o: d[o:o + n].split(b"\0", 1)[0].decode("utf-8", "replace")
+                return lambda d, o: _c_string(d[o:o + n])
             elem = self.resolve(t.type)
             if elem.kind == INT and elem.bit_offset == 0 and elem.bits == elem.size * 8 and \
                     elem.size in _INT_FMT and not elem.encoding & INT_BOOL:
@@ -449,3 +449,14 @@ def _int_decoder(size: int, bit_offset: int, bits: int, encoding: int) -> _Decod
         v = (int.from_bytes(d[o:o + size], "little") >> bit_offset) & mask
         return v - (mask + 1) if signed and v & top else v
     return dec
+
+
+def _c_string(raw: bytes) -> str | bytes:
+    """A char array up to its first NUL: str when it is UTF-8, else the bytes themselves.
+    Never a lossy decode: two different keys (say Latin-1 "Zürich" and "Zörich") must not
+    become one string with replacement characters and merge."""
+    raw = raw.split(b"\0", 1)[0]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return bytes(raw)

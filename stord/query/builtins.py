@@ -265,9 +265,8 @@ def _finish_groupby(state: dict[str, Any], p: dict[str, Any]) -> dict[str, Any]:
     s = scale_of(p)
     out: dict[str, Any] = {}
     for key, g in (state.get("groups") or {}).items():
+        # str, or bytes when the key is not UTF-8 (msgpack carries both as map keys)
         k = key.get("key") if isinstance(key, dict) else key
-        if isinstance(k, bytes):
-            k = k.decode("utf-8", "replace")
         n = int(g["count"])
         out[k] = {"rows": int(g["rows"]), "count": n, "sum": _num(int(g["sum"]), s),
                   "avg": int(g["sum"]) / (n * 10 ** s) if n else None,
