@@ -76,22 +76,22 @@ CTX_CONSTANTS = {0: base.DATA_BASE, 8: base.META_BASE, 12: 0, 16: 0, 20: 0}
 def analyse(insns: list[Insn], start: int, end: int, leaders: set[int],
             map_handles: dict[int, int], r1: Kind = None,
             chunk: bool = False) -> dict[int, State]:
-    """State before each instruction of [start, end) (only reachable ones). `r1`: what the
-    first argument is known to be; `chunk`: the code runs chunks, so the context holds
-    CTX_CONSTANTS."""
+    """State before each load, store and call of [start, end) (only reachable ones: what
+    the translator asks about). `r1`: what the first argument is known to be; `chunk`: the
+    code runs chunks, so the context holds CTX_CONSTANTS."""
     entry: State = [("c", 0), r1, None, None, None, None, ("c", 0), ("c", 0), ("c", 0),
                     ("c", 0), ("s", 0)]
     chunk_ctx = chunk
     block_in: dict[int, State] = {start: entry}
     work = [start]
-    heads = sorted(set(leaders) | {start})
     out: dict[int, State] = {}
     while work:
         pc = work.pop()
         state = list(block_in[pc])
         while pc < end:
-            out[pc] = list(state)
             ins = insns[pc]
+            if ins.op & 7 in _ASKED or ins.op in _CALLS:
+                out[pc] = list(state)
             nxt = pc + 2 if ins.op == isa.LDDW else pc + 1
             succ = _successors(pc, ins, end)
             _transfer(state, ins, insns, pc, map_handles, chunk_ctx)
@@ -105,8 +105,11 @@ def analyse(insns: list[Insn], start: int, end: int, leaders: set[int],
                 _merge(block_in, work, nxt, state)
                 break
             pc = nxt
-    del heads
     return out
+
+
+_ASKED = (isa.LDX, isa.ST, isa.STX)
+_CALLS = (isa.CALL_OP, isa.CALLX_OP)
 
 
 def _merge(block_in: dict[int, State], work: list[int], t: int, state: State) -> None:
