@@ -1,4 +1,5 @@
-"""eBPF -> LLVM IR: one LLVM function per subprogram, registers as allocas, every access checked.
+"""eBPF -> LLVM IR text (irtext.py): subprograms inlined into stord_entry where inline_set
+allows (else one LLVM function each), registers as allocas, every access checked.
 
 Registers hold the same *virtual* addresses as in the interp engine (stord.engines.base), so
 pointer values, comparisons and faults agree between the engines. A load or store turns a
@@ -8,7 +9,7 @@ into a known map or the stack gets one inline range check, and anything else goe
 runtime.xlate, which tries every region. A failed check calls a cold `fault` function that
 records pc and address in the Env block (layout.py), sets the status and returns, so errors
 come back through memory, never by crashing. The budget and status live in a local of
-stord_entry (`ctl`) so that, once the subprograms are inlined, they are registers.
+stord_entry (`ctl`) so that, with the subprograms inlined, they are registers.
 .rodata is a constant global holding the parameter values, so reading a parameter folds;
 or (const_params=False: the first tier's code, shared by every parameter set) it is read
 from the instance's copy like any other map.
