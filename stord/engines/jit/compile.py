@@ -205,7 +205,9 @@ def build_ir(prog: Program, helpers: str, fresh: bool = False,
 def optimise(ir_text: str, pipeline: str = "fast") -> llvm.ModuleRef:
     tm = target_machine()
     try:
-        mod = llvm.parse_assembly(ir_text)
+        # a context of its own: the background O2 compiles run in other threads, and an
+        # LLVMContext (llvmlite's global one by default) must not be shared between threads
+        mod = llvm.parse_assembly(ir_text, context=llvm.create_context())
         mod.verify()
     except RuntimeError as e:
         raise CompileError(f"jit: LLVM rejected the translated program: {e}") from e
