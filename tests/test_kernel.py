@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,7 +23,8 @@ from hypothesis import strategies as st
 
 from stord.engines.base import DEFAULT_BUDGET, get_engine
 from stord.engines.kernel import bpf
-from stord.engines.kernel.engine import KernelEngine, verify_program
+from stord.engines.kernel.cache import PROGRAMS
+from stord.engines.kernel.engine import KernelEngine, _Key, clear_cache, verify_program
 from stord.errors import LoadError, ValidationError, VerifierError
 from stord.program import isa
 from stord.program.asm import assemble
@@ -499,6 +501,9 @@ def test_rodata_parameter_is_a_constant_for_the_verifier(linestats) -> None:
 
 
 def test_kernel_objects_are_released(kernel, linestats) -> None:
+    """Every fd a load makes is closed: at once when the load fails, on clear_cache() for
+    the programs kept for reuse."""
+    clear_cache()
     before = open_fds()
     for _ in range(3):
         with kernel.load(linestats) as inst:
@@ -513,6 +518,8 @@ def test_kernel_objects_are_released(kernel, linestats) -> None:
                 Insn(0xB7, 0, 0, 0, 2), Insn(0x95)], maps=[
                 MapDef(name="ok", type=MAP_HASH, key_size=4, value_size=8, max_entries=4),
                 MapDef(name="bad", type=MAP_HASH, key_size=0, value_size=8, max_entries=4)]))
+    assert len(PROGRAMS) == 1     # linestats, kept once
+    clear_cache()
     assert open_fds() == before
 
 
@@ -581,3 +588,233 @@ def test_per_cpu_value_layout_matches_interp(kernel, linestats) -> None:
     _, k = run(kernel, linestats, [data[:70], data[70:]])
     _, i = run(get_engine("interp"), linestats, [data[:70], data[70:]])
     assert k["percpu"] == i["percpu"] == {0: len(data)}
+
+
+# -- the cache of verified programs -----------------------------------------------------------
+
+def test_every_instance_starts_from_the_initial_state(kernel, linestats) -> None:
+    """A reused program's maps are as a fresh load leaves them: .bss zero, .data at its
+    initial bytes, hash empty, array and per-CPU array zero (interp: a fresh VM)."""
+    prog = linestats.with_params(mult=5)
+    with get_engine("interp").load(prog) as fresh:
+        initial = fresh.read_state()
+    for data in (b"12\n345\nab\n", b"9\n" * 700, b""):
+        with kernel.load(prog) as inst:
+            assert inst.read_state() == initial
+            inst.run_chunk(data, 0, True)
+            dirty = inst.read_state()
+        assert _Key(prog, "linux") in PROGRAMS
+        assert data == b"" or dirty != initial
+
+
+def test_repeated_and_interleaved_queries_match_interp(kernel, linestats, tmp_path) -> None:
+    """The same program twice, interleaved with other parameters and other files: each
+    result equals interp's on the same file (no state leaks from one query to the next)."""
+    files = []
+    for n, rows in enumerate((50, 3, 900)):
+        path = tmp_path / f"f{n}.csv"
+        path.write_bytes(b"".join(b"%d,%d\n" % (i * (n + 3), i % 7) for i in range(rows)))
+        files.append(str(path))
+    progs = [linestats.with_params(mult=m) for m in (1, 9)]
+    order = [(0, 0), (0, 0), (1, 1), (0, 2), (1, 0), (0, 1), (1, 1), (0, 0)]
+    for p, f in order:
+        k = execute(progs[p], files[f], engine="kernel", budget=DEFAULT_BUDGET)
+        i = execute(progs[p], files[f], engine="interp", budget=DEFAULT_BUDGET,
+                    chunk_size=kernel.chunk_size)
+        assert k["state"] == i["state"], (p, f)
+        assert k["state"]["calls"] == 100 + k["chunks"]
+        assert _Key(progs[p], "linux") in PROGRAMS
+
+
+BUILTIN_VARIANTS = {
+    "count": {"value": -20000},
+    "grep": {"needle_len": 2, "dfa": grep_dfa(b"s2")},
+    "stats": {"col": 0},
+    "hist": {"lo": 0, "width": 700},
+    "groupby": {"col": 0, "key_col": 3},
+}
+
+
+def test_builtins_repeated_and_interleaved_match_interp(builtins, tmp_path) -> None:
+    """Every built-in the kernel accepts, with two parameter sets, over three files in an
+    interleaved order, each query compared with interp's answer on the same file."""
+    progs = []
+    for name in sorted(BUILTIN_PARAMS):
+        got = builtins[name]
+        if isinstance(got, VerifierError):
+            continue
+        progs += [got, got.with_params(**BUILTIN_VARIANTS[name])]
+    if not progs:
+        pytest.xfail("the kernel verifier rejects every built-in here")
+    files = []
+    for n, rows in enumerate((30, 1, 120)):
+        lines = ["id,sensor,value,flag"] + [f"{i},s{(i * (n + 1)) % 4},{(i * 997 - 5000) * (n + 1)},"
+                                            f"{i % 2}" for i in range(rows)]
+        path = tmp_path / f"f{n}.csv"
+        path.write_bytes(("\n".join(lines) + "\n").encode())
+        files.append(str(path))
+    order = [(p, f) for rnd in range(2) for p in range(len(progs))
+             for f in ((rnd + p) % 3, (rnd + p + 1) % 3)]
+    for p, f in order:
+        try:
+            k = execute(progs[p], files[f], engine="kernel", budget=DEFAULT_BUDGET)
+        except VerifierError:   # a variant may be refused where the base is not
+            continue
+        i = execute(progs[p], files[f], engine="interp", budget=DEFAULT_BUDGET,
+                    chunk_size=KernelEngine.chunk_size)
+        assert k["state"] == i["state"], (progs[p].name, p, f)
+        assert _Key(progs[p], "linux") in PROGRAMS
+
+
+def test_two_open_instances_of_one_program_are_independent(kernel, linestats) -> None:
+    """While one instance holds the cached program, a second load gets its own objects;
+    on close only one of the two is kept."""
+    prog = linestats.with_params(mult=3)
+    with kernel.load(prog):
+        pass                          # now cached
+    clear_before = len(PROGRAMS)
+    a_data, b_data = b"1\n22\n333\n" * 40, b"9,x\n" * 25 + b"abc"
+    interp = get_engine("interp")
+    with kernel.load(prog) as a, kernel.load(prog) as b, interp.load(prog) as ia, \
+            interp.load(prog) as ib:
+        assert a._fd != b._fd and len(PROGRAMS) == clear_before - 1
+        runs = [(inst, oracle, data[n:n + 100], n, n + 100 >= len(data))
+                for inst, oracle, data in ((a, ia, a_data), (b, ib, b_data))
+                for n in range(0, len(data), 100)]
+        runs.sort(key=lambda r: r[3])    # a and b alternate
+        for inst, oracle, piece, n, last in runs:
+            assert inst.run_chunk(piece, n, last) == oracle.run_chunk(piece, n, last)
+        assert a.read_state() == ia.read_state()
+        assert b.read_state() == ib.read_state()
+        assert decode(prog, a.read_state())["lines"] == 120
+        assert decode(prog, b.read_state())["lines"] == 25
+    assert len(PROGRAMS) == clear_before
+    fds = open_fds()
+    with kernel.load(prog) as c:       # the kept one, reset: as fresh
+        assert open_fds() == fds
+        with interp.load(prog) as ic:
+            assert c.read_state() == ic.read_state()
+
+
+def test_full_hash_map_is_empty_and_full_size_again(kernel) -> None:
+    """A hash map filled to max_entries (updates then fail with -E2BIG) takes max_entries
+    new keys in the next query, as in a fresh load (interp is the oracle)."""
+    prog = Program(name="handmade", section="xdp", license="GPL", insns=assemble(HANDMADE),
+                   maps=[MapDef("lens", MAP_HASH, 4, 8, 4), MapDef("calls", MAP_ARRAY, 4, 8, 2),
+                         MapDef(".bss", MAP_ARRAY, 4, 16, 1, initial=bytes(16))])
+    for first in (b"abcdef", b"uvwxyz", b"abcdef"):
+        chunks = [bytes([c]) * (n + 1) for n, c in enumerate(first)]
+        states = []
+        for engine in (kernel, get_engine("interp")):
+            with engine.load(prog) as inst:
+                for c in chunks:
+                    inst.run_chunk(c, 0, False)
+                states.append(inst.read_state())
+        assert states[0] == states[1]
+        assert len(states[0].maps["lens"]) == 4
+        assert states[0].maps["calls"][bytes(4)] == (6).to_bytes(8, "little")
+    assert _Key(prog, "linux") in PROGRAMS
+
+
+def test_eviction_and_clear_cache_release_fds(kernel, linestats, monkeypatch) -> None:
+    monkeypatch.setattr(PROGRAMS, "max_programs", 3)
+    clear_cache()
+    before = open_fds()
+    with kernel.load(linestats.with_params(mult=100)):
+        per_program = open_fds() - before
+    assert per_program >= 8            # BTF, 6 maps, the program
+    assert open_fds() == before + per_program
+    for m in range(101, 107):
+        with kernel.load(linestats.with_params(mult=m)):
+            pass
+        assert len(PROGRAMS) == min(3, m - 99)
+        assert open_fds() == before + len(PROGRAMS) * per_program
+    assert _Key(linestats.with_params(mult=100), "linux") not in PROGRAMS   # LRU out
+    assert _Key(linestats.with_params(mult=106), "linux") in PROGRAMS
+    clear_cache()
+    assert len(PROGRAMS) == 0 and open_fds() == before
+    monkeypatch.setattr(PROGRAMS, "max_bytes", 1000)   # a program over the byte bound
+    with kernel.load(linestats):
+        pass
+    assert len(PROGRAMS) == 0 and open_fds() == before
+
+
+def test_verifier_rejected_program_is_never_cached(kernel) -> None:
+    """Rejected every time with the verifier's words; and a program with the same digest
+    but another license is not served from the cache of the accepted one."""
+    bad = Program(name="unchecked", section="xdp", license="GPL", insns=[
+        Insn(0x61, 2, 1, 0), Insn(0x71, 0, 2, 0), Insn(0x95)])
+    clear_cache()
+    before = open_fds()
+    for _ in range(3):
+        with pytest.raises(VerifierError, match="invalid access to packet"):
+            kernel.load(bad)
+        assert len(PROGRAMS) == 0 and open_fds() == before
+    insns = [Insn(0xB7, 1, 0, 0, 0), Insn(0x7B, 10, 1, -8), Insn(0xBF, 1, 10),
+             Insn(0x07, 1, 0, 0, -8), Insn(0xB7, 2, 0, 0, 1), Insn(0x85, 0, 0, 0, 6),
+             Insn(0xB7, 0, 0, 0, 2), Insn(0x95)]
+    gpl = Program(name="p", section="xdp", license="GPL", insns=insns)
+    other = Program(name="p", section="xdp", license="Proprietary", insns=insns)
+    assert gpl.digest == other.digest
+    with kernel.load(gpl):
+        pass
+    assert len(PROGRAMS) == 1
+    for _ in range(2):
+        with pytest.raises(VerifierError, match="GPL"):
+            kernel.load(other)
+    assert len(PROGRAMS) == 1
+    clear_cache()
+
+
+@pytest.mark.parametrize("batches", [True, False])
+def test_reset_of_large_maps_batched_or_one_by_one(kernel, batches) -> None:
+    """Maps larger than one reset batch, filled (from user space, as a program could), come
+    back zero / empty, with the kernel's batch commands and without them (older kernels)."""
+    n = 9000
+    prog = Program(name="big", section="xdp", license="GPL",
+                   insns=[Insn(0xB7, 0, 0, 0, 2), Insn(0x95)], maps=[
+                       MapDef("arr", MAP_ARRAY, 4, 8, n), MapDef("h", MAP_HASH, 4, 4, n),
+                       MapDef(".data", MAP_ARRAY, 4, 8, 1, initial=b"\x07" * 8)])
+    clear_cache()
+    with kernel.load(prog) as inst:
+        fresh = inst.read_state()
+        inst._loader.batches = batches
+        arr, h, data = inst._loader.objs.map_fds
+        for i in range(0, n, 7):
+            bpf.map_update(arr, i.to_bytes(4, "little"), (i + 1).to_bytes(8, "little"))
+            bpf.map_update(h, i.to_bytes(4, "little"), b"abcd")
+        bpf.map_update(data, bytes(4), bytes(8))
+        assert inst.read_state() != fresh
+        first_fd = inst._fd
+    with kernel.load(prog) as inst:
+        assert inst._fd == first_fd                   # the same, reset, kernel objects
+        major, minor = re.match(r"(\d+)\.(\d+)", os.uname().release).groups()
+        assert inst._loader.batches == (batches and (int(major), int(minor)) >= (5, 6))
+        assert inst.read_state() == fresh
+    assert fresh.globals[".data"] == b"\x07" * 8 and fresh.maps["h"] == {}
+    assert fresh.maps["arr"] == {i.to_bytes(4, "little"): bytes(8) for i in range(n)}
+    clear_cache()
+
+
+def test_forked_child_does_not_share_cached_maps(kernel, linestats) -> None:
+    """After fork() the child has no cached programs (it loads its own), and its runs do
+    not show up in the parent's cached maps."""
+    prog = linestats.with_params(mult=11)
+    with kernel.load(prog):
+        pass
+    assert _Key(prog, "linux") in PROGRAMS
+    pid = os.fork()
+    if pid == 0:   # the child: report through the exit status only
+        code = 1
+        try:
+            empty = len(PROGRAMS) == 0
+            with kernel.load(prog) as inst:
+                inst.run_chunk(b"1\n2\n3\n", 0, True)
+                state = decode(prog, inst.read_state())
+            code = 0 if empty and state["lines"] == 3 and state["calls"] == 101 else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with kernel.load(prog) as inst, get_engine("interp").load(prog) as fresh:
+        assert inst.read_state() == fresh.read_state()

@@ -24,11 +24,14 @@ PROG_LOAD = 5
 PROG_TEST_RUN = 10
 BTF_LOAD = 18
 MAP_FREEZE = 22
+MAP_UPDATE_BATCH = 26
+MAP_DELETE_BATCH = 27
 
 _CMD_NAMES = {MAP_CREATE: "MAP_CREATE", MAP_LOOKUP_ELEM: "MAP_LOOKUP_ELEM",
               MAP_UPDATE_ELEM: "MAP_UPDATE_ELEM", MAP_DELETE_ELEM: "MAP_DELETE_ELEM",
               MAP_GET_NEXT_KEY: "MAP_GET_NEXT_KEY", PROG_LOAD: "PROG_LOAD",
-              PROG_TEST_RUN: "PROG_TEST_RUN", BTF_LOAD: "BTF_LOAD", MAP_FREEZE: "MAP_FREEZE"}
+              PROG_TEST_RUN: "PROG_TEST_RUN", BTF_LOAD: "BTF_LOAD", MAP_FREEZE: "MAP_FREEZE",
+              MAP_UPDATE_BATCH: "MAP_UPDATE_BATCH", MAP_DELETE_BATCH: "MAP_DELETE_BATCH"}
 
 PROG_TYPE_XDP = 6
 F_RDONLY_PROG = 1 << 7      # map flag: the program may only read (.rodata)
@@ -60,6 +63,12 @@ class MapCreateAttr(ctypes.Structure):
 class MapElemAttr(ctypes.Structure):
     _fields_ = [("map_fd", c_uint32), ("key", c_uint64), ("value", c_uint64),
                 ("flags", c_uint64)]
+
+
+class MapBatchAttr(ctypes.Structure):
+    _fields_ = [("in_batch", c_uint64), ("out_batch", c_uint64), ("keys", c_uint64),
+                ("values", c_uint64), ("count", c_uint32), ("map_fd", c_uint32),
+                ("elem_flags", c_uint64), ("flags", c_uint64)]
 
 
 class MapFdAttr(ctypes.Structure):
@@ -154,6 +163,30 @@ def map_update(fd: int, key: bytes, value: bytes, flags: int = ANY) -> None:
     k = ctypes.create_string_buffer(key, len(key))
     v = ctypes.create_string_buffer(value, len(value))
     sys_bpf(MAP_UPDATE_ELEM, MapElemAttr(map_fd=fd, key=_addr(k), value=_addr(v), flags=flags))
+
+
+def map_delete(fd: int, key: bytes) -> None:
+    k = ctypes.create_string_buffer(key, len(key))
+    sys_bpf(MAP_DELETE_ELEM, MapElemAttr(map_fd=fd, key=_addr(k)))
+
+
+def map_update_batch(fd: int, keys: bytes, values: bytes, count: int) -> None:
+    """`count` keys (packed) get `count` values (packed) in one call (Linux 5.6+)."""
+    k = ctypes.create_string_buffer(keys, len(keys))
+    v = ctypes.create_string_buffer(values, len(values))
+    attr = MapBatchAttr(keys=_addr(k), values=_addr(v), count=count, map_fd=fd)
+    sys_bpf(MAP_UPDATE_BATCH, attr)
+    if attr.count != count:   # the kernel says how many it did
+        raise BpfError(errno_mod.EIO, "MAP_UPDATE_BATCH")
+
+
+def map_delete_batch(fd: int, keys: bytes, count: int) -> None:
+    """Delete `count` keys (packed) in one call (Linux 5.6+)."""
+    k = ctypes.create_string_buffer(keys, len(keys))
+    attr = MapBatchAttr(keys=_addr(k), count=count, map_fd=fd)
+    sys_bpf(MAP_DELETE_BATCH, attr)
+    if attr.count != count:
+        raise BpfError(errno_mod.EIO, "MAP_DELETE_BATCH")
 
 
 def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:

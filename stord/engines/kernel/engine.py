@@ -27,6 +27,13 @@ Kernel rules that shape the run (net/bpf/test_run.c, bpf_prog_test_run_xdp):
 - the run happens on the calling CPU: per-CPU maps are read on the CPU the instance pins
   its runs to, so they behave as their plain kind on one CPU, as in the interp engine.
 
+Verification is the expensive part (~100 ms for a built-in; the runs over a small file
+take ~1 ms), so verified programs are cached per process (cache.py): a load of the same
+program (code, maps, initial data with the parameters, helper set, name, license, BTF)
+takes the cached kernel objects, whose maps were reset to their initial contents when the
+previous Instance closed; an Instance holds its entry alone. A program the verifier
+refuses is never cached. `clear_cache()` releases every cached program's kernel objects.
+
 `budget` does not apply: the verifier proves termination. The "conformance" helper set
 runs only programs without helper calls (the kernel's helper ids are Linux's); for those
 `call(mem)` puts mem in the packet behind a bounds-checking prologue (see `_conformance`).
@@ -39,7 +46,7 @@ import errno
 import os
 import re
 import struct
-from typing import ClassVar
+from typing import ClassVar, cast
 
 from stord.engines.base import DEFAULT_BUDGET, META_SIZE, Engine, Instance
 from stord.engines.kernel import bpf
@@ -50,6 +57,7 @@ from stord.engines.kernel.btfload import (
     kernel_btf,
     line_info,
 )
+from stord.engines.kernel.cache import PROGRAMS
 from stord.errors import (
     EngineUnavailable,
     LimitExceeded,
@@ -82,7 +90,14 @@ from stord.program.isa import (
     X,
     encode,
 )
-from stord.program.model import MAP_PERCPU_ARRAY, MAP_PERCPU_HASH, MapDef, Program
+from stord.program.model import (
+    MAP_ARRAY,
+    MAP_HASH,
+    MAP_PERCPU_ARRAY,
+    MAP_PERCPU_HASH,
+    MapDef,
+    Program,
+)
 from stord.query.state import State
 
 STORD_LAST = 1
@@ -92,6 +107,10 @@ CONFORMANCE_MEM = 1024     # the packet size a conformance program's r1 may reac
 TAIL_LINES = 12            # verifier log lines kept in a VerifierError message
 
 _PERCPU = (MAP_PERCPU_ARRAY, MAP_PERCPU_HASH)
+_ARRAYS = (MAP_ARRAY, MAP_PERCPU_ARRAY)
+_HASHES = (MAP_HASH, MAP_PERCPU_HASH)
+RESET_BATCH = 4096         # map entries per batched bpf(2) call when resetting maps
+_NO_BATCH = (errno.EINVAL, errno.EOPNOTSUPP, 524)   # 524: the kernel's ENOTSUPP
 _META = struct.Struct("<QII")   # struct stord_meta
 _GLUED = re.compile(r"^(\d+: \(\w\w\) .*?)\s*(BPF program is too large\..*)$", re.M)
 _STATS = re.compile(r"^(processed \d+ insns|verification time|stack depth|mark_read|"
@@ -142,6 +161,7 @@ class _Loader:
         self.ncpus = bpf.possible_cpus()
         self.kbtf: KernelBtf | None = None
         self.btf_note = ""   # why the program runs without BTF, if it does
+        self.batches = True  # the kernel has MAP_*_BATCH (until it says otherwise)
 
     def load_btf(self) -> None:
         try:
@@ -189,15 +209,72 @@ class _Loader:
                                     f"{e.strerror}") from None
             self.objs.map_fds.append(fd)
             try:
-                if m.initial is not None:
-                    value = _pad(m.initial, m.value_size)
-                    if m.type in _PERCPU:
-                        value = _pad(value, self.value_slot(m)) * self.ncpus
-                    bpf.map_update(fd, bytes(4), value)
+                self.set_initial(m, fd)
                 if m.readonly:
                     bpf.map_freeze(fd)
             except bpf.BpfError as e:
                 raise LoadError(f"map {m.name!r}: setting its contents: {e.strerror}") from None
+
+    def set_initial(self, m: MapDef, fd: int) -> None:
+        if m.initial is not None:
+            bpf.map_update(fd, bytes(4), self.full_value(m, m.initial))
+
+    def full_value(self, m: MapDef, value: bytes) -> bytes:
+        """A value as map_update wants it: one 8-byte aligned slot per CPU for per-CPU maps."""
+        value = _pad(value, m.value_size)
+        return _pad(value, self.value_slot(m)) * self.ncpus if m.type in _PERCPU else value
+
+    def reset_maps(self) -> None:
+        """Every writable map back to what create_maps() left: arrays rewritten (zeros, then
+        the initial value of entry 0), hashes emptied (and the initial entry put back).
+        Frozen maps need nothing: neither the program nor user space can write them."""
+        for m, fd in zip(self.prog.maps, self.objs.map_fds, strict=True):
+            if m.readonly:
+                continue
+            if m.type in _ARRAYS:
+                zero = self.full_value(m, b"")
+                first = 0 if m.initial is None else 1   # entry 0 gets its initial value below
+                for lo in range(first, m.max_entries, RESET_BATCH):
+                    keys = [i.to_bytes(4, "little")
+                            for i in range(lo, min(lo + RESET_BATCH, m.max_entries))]
+                    self._update_all(fd, keys, zero)
+            else:
+                keys = bpf.map_keys(fd, m.key_size)
+                for lo in range(0, len(keys), RESET_BATCH):
+                    self._delete_all(fd, keys[lo:lo + RESET_BATCH])
+                if bpf.map_next_key(fd, None, m.key_size) is not None:
+                    raise bpf.BpfError(errno.EBUSY, "MAP_DELETE_ELEM")
+            self.set_initial(m, fd)
+
+    # one bpf(2) call per RESET_BATCH entries where the kernel has batch commands (5.6+)
+    def _update_all(self, fd: int, keys: list[bytes], value: bytes) -> None:
+        if self.batches and len(keys) > 1:
+            try:
+                bpf.map_update_batch(fd, b"".join(keys), value * len(keys), len(keys))
+                return
+            except bpf.BpfError as e:
+                self._no_batches(e)
+        for key in keys:
+            bpf.map_update(fd, key, value)
+
+    def _delete_all(self, fd: int, keys: list[bytes]) -> None:
+        if self.batches and len(keys) > 1:
+            try:
+                bpf.map_delete_batch(fd, b"".join(keys), len(keys))
+                return
+            except bpf.BpfError as e:
+                self._no_batches(e)
+        for key in keys:
+            bpf.map_delete(fd, key)
+
+    def _no_batches(self, e: bpf.BpfError) -> None:
+        if e.errno not in _NO_BATCH:
+            raise e
+        self.batches = False
+
+    def map_bytes(self) -> int:
+        """Map memory this program pins in the kernel (keys and values, per-CPU copies)."""
+        return sum((m.key_size + self.lookup_size(m)) * m.max_entries for m in self.prog.maps)
 
     def relocated(self, insns: list[Insn]) -> bytes:
         out = list(insns)
@@ -258,16 +335,16 @@ def _check_helpers(prog: Program, helpers: str) -> None:
                                   "does not exist in the kernel engine")
 
 
-class KernelInstance(Instance):
+class _Loaded:
+    """One verified program with its maps: what the process-wide cache keeps between
+    Instances (cache.PROGRAMS, at most one Instance at a time)."""
+
     def __init__(self, prog: Program, helpers: str) -> None:
-        self.prog = prog
-        self._loader = _Loader(prog)
-        self._closed = False
-        self._cpu: int | None = None
-        self._conf_fds: tuple[int, int | None] | None = None
-        self._runners: dict[int, bpf.TestRunner] = {}
+        self.loader = ld = _Loader(prog)
+        self.pid = os.getpid()
+        self.conf_fds: tuple[int, int | None] | None = None
+        self.runners: dict[int, bpf.TestRunner] = {}
         try:
-            ld = self._loader
             ld.load_btf()
             ld.create_maps()
             if helpers == "conformance":
@@ -275,13 +352,64 @@ class KernelInstance(Instance):
                 hi = None
                 if _exits_rewritable(prog.insns):
                     hi, _ = ld.load_prog(_conformance(prog.insns, high=True), log_level=0)
-                self._conf_fds = (lo, hi)
-                self._fd = lo
+                self.conf_fds = (lo, hi)
+                self.fd = lo
             else:
-                self._fd, _ = ld.load_prog(prog.insns, log_level=0)
+                self.fd, _ = ld.load_prog(prog.insns, log_level=0)
         except BaseException:
-            self.close()
+            ld.close()
             raise
+        self.nbytes = ld.map_bytes()
+        self.resettable = all(m.readonly or m.type in (*_ARRAYS, *_HASHES) for m in prog.maps)
+
+    def reset(self) -> None:
+        self.loader.reset_maps()   # BpfError is an OSError: the cache then closes the entry
+
+    def close(self) -> None:
+        self.runners.clear()
+        self.loader.close()
+
+
+class _Key:
+    """Everything of a program the loader hands the kernel, compared exactly (equal hashes
+    are not enough): the linked code, every map definition with its initial data (so the
+    parameters), name, license, the object (its BTF) and the helper set. The same identity
+    as Program.digest and more, at a tenth of its cost (no encoding); the hash is computed
+    once, as the cache looks a key up more than once."""
+
+    __slots__ = ("_hash", "parts")
+
+    def __init__(self, prog: Program, helpers: str) -> None:
+        self.parts = (helpers, prog.name, prog.license, tuple(prog.insns), tuple(prog.maps),
+                      prog.elf)
+        self._hash = hash(self.parts)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return self is other or (isinstance(other, _Key) and self._hash == other._hash
+                                 and self.parts == other.parts)
+
+
+class KernelInstance(Instance):
+    """A program's kernel objects, taken from the cache of verified programs (or loaded and
+    verified), in the state of a fresh load; close() resets them and gives them back."""
+
+    def __init__(self, prog: Program, helpers: str) -> None:
+        self.prog = prog
+        self._closed = True     # until there is something to give back
+        self._key = _Key(prog, helpers)
+        loaded = cast("_Loaded | None", PROGRAMS.acquire(self._key))
+        if loaded is None:
+            loaded = _Loaded(prog, helpers)   # a VerifierError is raised here: never cached
+        self._loaded = loaded
+        self._closed = False
+        self._loader = loaded.loader
+        self._fd = loaded.fd
+        self._conf_fds = loaded.conf_fds
+        self._runners = loaded.runners
+        self._cpu: int | None = None
         if any(m.type in _PERCPU for m in prog.maps):
             allowed = sorted(os.sched_getaffinity(0))
             self._cpu = allowed[0]
@@ -381,8 +509,10 @@ class KernelInstance(Instance):
             raise ProgramFault("kernel instance used after close()")
 
     def close(self) -> None:
+        if self._closed:
+            return
         self._closed = True
-        self._loader.close()
+        PROGRAMS.release(self._key, self._loaded)
 
 
 def _exits_rewritable(insns: list[Insn]) -> bool:
@@ -474,6 +604,11 @@ def _probe() -> str | None:
     finally:
         bpf.close_fd(fd)
     return None
+
+
+def clear_cache() -> None:
+    """Close the kernel objects of every cached program not in use by an Instance."""
+    PROGRAMS.clear()
 
 
 def verify_program(prog: Program) -> str:
