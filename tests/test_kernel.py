@@ -655,15 +655,19 @@ def test_builtins_repeated_and_interleaved_match_interp(builtins, tmp_path) -> N
         files.append(str(path))
     order = [(p, f) for rnd in range(2) for p in range(len(progs))
              for f in ((rnd + p) % 3, (rnd + p + 1) % 3)]
+    ran: Counter[int] = Counter()
     for p, f in order:
         try:
             k = execute(progs[p], files[f], engine="kernel", budget=DEFAULT_BUDGET)
         except VerifierError:   # a variant may be refused where the base is not
+            assert p % 2 == 1, progs[p].name
             continue
         i = execute(progs[p], files[f], engine="interp", budget=DEFAULT_BUDGET,
                     chunk_size=KernelEngine.chunk_size)
         assert k["state"] == i["state"], (progs[p].name, p, f)
         assert _Key(progs[p], "linux") in PROGRAMS
+        ran[p] += 1
+    assert all(ran[p] == 4 for p in range(0, len(progs), 2))   # every accepted base, 4 times
 
 
 def test_two_open_instances_of_one_program_are_independent(kernel, linestats) -> None:

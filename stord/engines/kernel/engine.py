@@ -399,6 +399,9 @@ class KernelInstance(Instance):
     def __init__(self, prog: Program, helpers: str) -> None:
         self.prog = prog
         self._closed = True     # until there is something to give back
+        self._cpu: int | None = None
+        if any(m.type in _PERCPU for m in prog.maps):
+            self._cpu = min(os.sched_getaffinity(0))
         self._key = _Key(prog, helpers)
         loaded = cast("_Loaded | None", PROGRAMS.acquire(self._key))
         if loaded is None:
@@ -409,10 +412,6 @@ class KernelInstance(Instance):
         self._fd = loaded.fd
         self._conf_fds = loaded.conf_fds
         self._runners = loaded.runners
-        self._cpu: int | None = None
-        if any(m.type in _PERCPU for m in prog.maps):
-            allowed = sorted(os.sched_getaffinity(0))
-            self._cpu = allowed[0]
 
     # -- running -----------------------------------------------------------------------
     def _runner(self, fd: int) -> bpf.TestRunner:
