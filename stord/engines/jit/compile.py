@@ -330,30 +330,39 @@ def get_compiled(prog: Program, helpers: str,
                             hit.slot)
         # a disk hit skips validation too: an object is only ever written under this key
         # after that exact program and helper set passed it (validate.py is part of the key)
-        c = None
-        if PIPELINE != "fast":
-            obj = _disk_read(key, ".o")
-            if obj is not None:
-                try:
-                    c = _load(key, obj, 0.0, "disk")
-                    c.tier = "o2"
-                except (RuntimeError, CompileError):
-                    c = None   # a damaged cache file: compile again below
+        c = _from_disk(key, ".o") if PIPELINE != "fast" else None
         if c is None and PIPELINE != "o2":
             c = _first_tier(prog, helpers, key, validate)
         if c is None:
-            if validate is not None:
-                validate()
-            t0 = time.perf_counter()
-            obj = compile_object(prog, helpers, "o2")
-            c = _load(key, obj, time.perf_counter() - t0, "compiled")
-            _disk_write(key, obj, ".o")
+            c = _compile(prog, helpers, "o2", key, ".o", validate)
         _memory[key] = c
         while len(_memory) > MEMORY_CACHE_ENTRIES:
             _memory.popitem(last=False)
         if PIPELINE == "tiered" and c.tier == "fast":
             _start_upgrade(prog, helpers, key, c.slot)
         return c
+
+
+def _from_disk(key: str, suffix: str) -> Compiled | None:
+    obj = _disk_read(key, suffix)
+    if obj is None:
+        return None
+    try:
+        return _load(key, obj, 0.0, "disk")
+    except (RuntimeError, CompileError):
+        return None   # a damaged cache file: compiled again
+
+
+def _compile(prog: Program, helpers: str, pipeline: str, key: str, suffix: str,
+             validate: Callable[[], None] | None) -> Compiled:
+    """Validate, compile, link, and keep the object on disk under key + suffix."""
+    if validate is not None:
+        validate()
+    t0 = time.perf_counter()
+    obj = compile_object(prog, helpers, pipeline)
+    c = _load(key, obj, time.perf_counter() - t0, "compiled")
+    _disk_write(key, obj, suffix)
+    return c
 
 
 # First-tier code by template key: its object reads the parameters from memory, so every
@@ -373,19 +382,8 @@ def _first_tier(prog: Program, helpers: str, key: str,
         _fast.move_to_end(fkey)
         source, seconds = "memory", 0.0
     else:
-        obj = _disk_read(fkey, ".fast.o")
-        if obj is not None:
-            try:
-                code = _load(fkey, obj, 0.0, "disk")
-            except (RuntimeError, CompileError):
-                code = None   # a damaged cache file: compile again below
-        if code is None:
-            if validate is not None:
-                validate()
-            t0 = time.perf_counter()
-            obj = compile_object(prog, helpers, "fast")
-            code = _load(fkey, obj, time.perf_counter() - t0, "compiled")
-            _disk_write(fkey, obj, ".fast.o")
+        code = _from_disk(fkey, ".fast.o") or \
+            _compile(prog, helpers, "fast", fkey, ".fast.o", validate)
         source, seconds = code.source, code.seconds
         _fast[fkey] = code
         while len(_fast) > MEMORY_CACHE_ENTRIES:
