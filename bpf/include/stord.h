@@ -94,25 +94,6 @@ __u8 stord_buf[STORD_WINDOW] STORD_SCRATCH;
  * of a literal 0 keeps those values "unknown", so the states match. One load per reset. */
 __u32 stord_zero STORD_SCRATCH;
 
-/* Byte idx (< len) of the chunk; loads the next window when idx starts one. -1: the
- * helper failed (return STORD_ERROR). */
-static __always_inline int stord_byte(struct xdp_md *ctx, __u32 idx, __u32 len)
-{
-	__u32 k = idx & (STORD_WINDOW - 1);
-
-	if (k == 0) {
-		__u32 n = len - idx;
-
-		if (n > STORD_WINDOW)
-			n = STORD_WINDOW;
-		if (n < 1) /* for the verifier: the helper's size is in [1, STORD_WINDOW] */
-			return -1;
-		if (bpf_xdp_load_bytes(ctx, idx, stord_buf, n))
-			return -1;
-	}
-	return stord_buf[k];
-}
-
 /* Window widx of a chunk of len bytes into stord_buf; returns its length (1..STORD_WINDOW),
  * or -1 (past the end, or the helper failed: return STORD_ERROR). For the two-level walk:
  * an outer bpf_loop over the windows calls this, then an inner bpf_loop over its bytes,
@@ -132,6 +113,17 @@ static __always_inline int stord_window(struct xdp_md *ctx, __u32 widx, __u32 le
 	if (bpf_xdp_load_bytes(ctx, off, stord_buf, n))
 		return -1;
 	return n;
+}
+
+/* Byte idx (< len) of the chunk; loads the next window when idx starts one. -1: the
+ * helper failed (return STORD_ERROR). */
+static __always_inline int stord_byte(struct xdp_md *ctx, __u32 idx, __u32 len)
+{
+	__u32 k = idx & (STORD_WINDOW - 1);
+
+	if (k == 0 && stord_window(ctx, idx / STORD_WINDOW, len) < 0)
+		return -1;
+	return stord_buf[k];
 }
 
 /* Number of windows of a chunk of len bytes. */
