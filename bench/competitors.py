@@ -1,17 +1,24 @@
-"""What a user would do instead of stord: the C baseline, DuckDB, pandas, Python's csv module."""
+"""What a user would do instead of stord: the C baselines (naive, and the same job as stord's
+avg), DuckDB, pandas, Python's csv module."""
 
 from __future__ import annotations
 
 import csv
 import os
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.datagen import VALUE_COLUMN, Dataset
 from bench.measure import Throughput, time_runs
 
-BASELINE_SRC = Path(__file__).parent / "baseline" / "avg.c"
+BASELINE_DIR = Path(__file__).parent / "baseline"
+BASELINE_SRC = BASELINE_DIR / "avg.c"          # naive: no quoting, no validation
+SAME_JOB_SRC = BASELINE_DIR / "avg_same.c"     # exactly stord's `stats` (see its comment)
 BUILD_DIR = Path(__file__).resolve().parent.parent / ".cache" / "bench"
+
+C_NAME = "C baseline (gcc -O2, mmap, byte loop)"
+SAME_JOB_NAME = "C same job (gcc -O2, mmap, RFC 4180 + validation)"
 
 DUCKDB_COLUMNS = "{'id': 'BIGINT', 'sensor': 'VARCHAR', 'value': 'DECIMAL(18,2)', 'flag': 'INTEGER'}"
 
@@ -20,35 +27,71 @@ class BaselineError(RuntimeError):
     pass
 
 
-def build_baseline() -> Path:
-    """gcc -O2 the baseline into .cache/bench (rebuilt when the source is newer)."""
+def build_c(src: Path) -> Path:
+    """gcc -O2 a baseline into .cache/bench/<stem> (rebuilt when the source is newer)."""
     BUILD_DIR.mkdir(parents=True, exist_ok=True)
-    exe = BUILD_DIR / "avg"
-    if not exe.exists() or exe.stat().st_mtime < BASELINE_SRC.stat().st_mtime:
-        r = subprocess.run(["gcc", "-O2", "-o", str(exe), str(BASELINE_SRC)],
+    exe = BUILD_DIR / src.stem
+    if not exe.exists() or exe.stat().st_mtime < src.stat().st_mtime:
+        r = subprocess.run(["gcc", "-O2", "-o", str(exe), str(src)],
                            capture_output=True, text=True)
         if r.returncode:
             raise BaselineError(f"gcc failed: {r.stderr.strip().splitlines()[-1:]}")
     return exe
 
 
+def build_baseline() -> Path:
+    return build_c(BASELINE_SRC)
+
+
+def _run_c(src: Path, args: list[str]) -> list[list[str]]:
+    """Build and run a baseline; its output lines split into fields (one line per repeat)."""
+    exe = build_c(src)
+    r = subprocess.run([str(exe), *args], capture_output=True, text=True)
+    if r.returncode:
+        raise BaselineError(f"{src.name} failed: {r.stderr.strip()}")
+    return [line.split() for line in r.stdout.splitlines()]
+
+
 def run_baseline(path: str, column: int = VALUE_COLUMN, header: bool = True,
                  repeat: int = 1) -> list[tuple[int, int, float, float]]:
     """(rows, sum_hundredths, avg, seconds) per repeat, timed inside the C program."""
-    exe = build_baseline()
-    r = subprocess.run([str(exe), path, str(column), str(int(header)), str(repeat)],
-                       capture_output=True, text=True)
-    if r.returncode:
-        raise BaselineError(f"baseline failed: {r.stderr.strip()}")
-    out = []
-    for line in r.stdout.splitlines():
-        rows, s, avg, t = line.split()
-        out.append((int(rows), int(s), float(avg), float(t)))
-    return out
+    return [(int(rows), int(s), float(avg), float(t)) for rows, s, avg, t in
+            _run_c(BASELINE_SRC, [path, str(column), str(int(header)), str(repeat)])]
+
+
+@dataclass(frozen=True)
+class SameJob:
+    """One repeat of avg_same: stord `stats`'s state (sum/min/max in 10^-scale units)."""
+    rows: int
+    count: int
+    sum: int
+    empty: int
+    skipped: int
+    overflow: int
+    min: int
+    max: int
+    avg: float       # nan when count is 0
+    seconds: float
+
+
+def run_same_job(path: str, column: int = VALUE_COLUMN, header: bool = True,
+                 repeat: int = 1, scale: int = 4, delimiter: str = ",") -> list[SameJob]:
+    args = [path, str(column), str(int(header)), str(repeat), str(scale), delimiter]
+    return [SameJob(*(int(x) for x in f[:8]), float(f[8]), float(f[9]))
+            for f in _run_c(SAME_JOB_SRC, args)]
+
+
+def stord_avg_scale() -> int:
+    """The scale stord's avg runs at in this bench (the built-in's default: AVG_PARAMS
+    gives none), so the same-job baseline truncates and overflows where stord does."""
+    from bench.engines import AVG_PARAMS
+    from stord.query.builtins import scale_of
+
+    return scale_of(AVG_PARAMS)
 
 
 def c_baseline(ds: Dataset, runs: int) -> Throughput:
-    rec = Throughput("C baseline (gcc -O2, mmap, byte loop)", ds.size, expected=ds.avg)
+    rec = Throughput(C_NAME, ds.size, expected=ds.avg)
     try:
         res = run_baseline(ds.path, repeat=runs)
     except BaselineError as e:
@@ -59,6 +102,28 @@ def c_baseline(ds: Dataset, runs: int) -> Throughput:
     rec.value = avg
     if (rows, s) != (ds.rows, ds.sum_cents):
         rec.error = f"baseline counted {rows} rows / {s} hundredths, expected {ds.rows} / {ds.sum_cents}"
+    return rec
+
+
+def c_same_job(ds: Dataset, runs: int) -> Throughput:
+    rec = Throughput(SAME_JOB_NAME, ds.size, expected=ds.avg)
+    try:
+        scale = stord_avg_scale()
+        res = run_same_job(ds.path, repeat=runs, scale=scale)
+    except (BaselineError, ImportError) as e:
+        rec.error = str(e)
+        return rec
+    rec.times = [r.seconds for r in res]
+    r = res[-1]
+    rec.value = r.avg
+    if scale < 2:  # the dataset's exact sum is in hundredths
+        rec.error = f"stord's avg runs at scale {scale}: cannot check it against hundredths"
+        return rec
+    want = (ds.rows, ds.rows, ds.sum_cents * 10 ** (scale - 2), 0, 0, 0)
+    got = (r.rows, r.count, r.sum, r.empty, r.skipped, r.overflow)
+    if got != want:
+        rec.error = (f"same-job baseline: (rows, count, sum, empty, skipped, overflow) = "
+                     f"{got}, expected {want}")
     return rec
 
 
