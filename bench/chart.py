@@ -27,13 +27,14 @@ def draw(res: dict[str, Any], out: Path) -> Path:
             names = [t["name"] for t in ok]
             vals = [t["mbps_median"] for t in ok]
             colors = ["#1f77b4" if n.startswith("stord") else
-                      "#d62728" if n.startswith("C baseline") else "#7f7f7f" for n in names]
+                      "#d62728" if n.startswith("C baseline") else
+                      "#ff7f0e" if n.startswith("C same job") else "#7f7f7f" for n in names]
             ax.barh(names, vals, color=colors)
             ax.set_xscale("log")
             ax.invert_yaxis()
             ax.set_xlabel("MB/s (median, log scale)")
             ax.set_title(f"avg of one column, {res['dataset']['size'] / 1e6:.0f} MB CSV "
-                         "(blue: stord, red: C baseline)")
+                         "(blue: stord, red: naive C baseline, orange: same-job C baseline)")
             for y, v in enumerate(vals):
                 ax.text(v, y, f" {v:,.1f}" if v >= 100 else f" {v:.3g}", va="center",
                         fontsize=8)

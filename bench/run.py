@@ -1,7 +1,7 @@
 """`python -m bench.run`: where stord stands against what users would do instead.
 
-Sections (all by default; choose with --only): throughput (stord engines, the C baseline,
-DuckDB, pandas, csv module on one generated CSV), jit (compile cold/cached, range split over
+Sections (all by default; choose with --only): throughput (stord engines, the naive C
+baseline, the same-job C baseline, DuckDB, pandas, csv module on one generated CSV), jit (compile cold/cached, range split over
 1 vs 2 processes), pushdown (stord vs pull over a shaped veth link between two network
 namespaces), latency (round trips and a concurrency sweep against a daemon on loopback).
 Writes bench/results/<timestamp>.json and .png, prints the tables, and refreshes the
@@ -80,6 +80,7 @@ def throughput(args: argparse.Namespace, ds: datagen.Dataset, small: datagen.Dat
 
     datagen.warm(ds.path)
     add(competitors.c_baseline(ds, runs))
+    add(competitors.c_same_job(ds, runs))
     for name in engines.engine_names():
         target = small if name == "interp" else ds
         datagen.warm(target.path)

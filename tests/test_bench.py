@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
+import re
 import subprocess
 import sys
 from decimal import Decimal
@@ -16,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench import competitors, datagen, report
+from bench.measure import Throughput
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -91,9 +94,147 @@ def test_c_baseline_equals_duckdb(tmp_path: Path, rows: list[tuple[int, int, str
     assert avg == pytest.approx(davg, rel=1e-12, abs=1e-12)
 
 
+# -- the same-job C baseline (bench/baseline/avg_same.c) against stord and Python's csv ----
+
+STATS = ("rows", "count", "sum", "empty", "skipped", "overflow", "min", "max")
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+NUMBER = re.compile(r"([+-]?)([0-9]*)(?:\.([0-9]*))?")
+
+
+def same_job(path: Path, col: int, header: bool, scale: int, delim: str) -> tuple[int, ...]:
+    (r,) = competitors.run_same_job(str(path), col, header, 1, scale, delim)
+    return tuple(getattr(r, k) for k in STATS)
+
+
+def stord_stats(path: Path, col: int, header: bool, scale: int, delim: str) -> tuple[int, ...]:
+    """stord's own answer: the built-in's program on the reference (interp) engine."""
+    from stord.engines.base import DEFAULT_BUDGET
+    from stord.query.builtins import resolve
+    from stord.query.executor import execute
+
+    prog, _ = resolve("stats", {"column": col, "header": header, "scale": scale,
+                                "delimiter": delim})
+    state = execute(prog, str(path), engine="interp", budget=DEFAULT_BUDGET)["state"]
+    return tuple(int(state[k]) for k in STATS)
+
+
+def oracle_value(field: str, scale: int) -> tuple[str, int]:
+    """("ok" | "empty" | "skipped" | "overflow", fixed-point value) of one field."""
+    if field == "":
+        return "empty", 0
+    m = NUMBER.fullmatch(field)
+    if not m or not (m[2] or m[3]):
+        return "skipped", 0
+    frac = (m[3] or "")[:scale]              # digits past the scale are truncated
+    digits = int(m[2] + frac or "0")
+    # stord.h accumulates the digits in an int64 that must take one more digit (acc * 10 + 9
+    # fits), so 9223372036854775800.. overflows even before scaling.
+    if digits >= 9223372036854775800 or digits * 10 ** (scale - len(frac)) > INT64_MAX:
+        return "overflow", 0
+    v = digits * 10 ** (scale - len(frac))
+    return "ok", -v if m[1] == "-" else v
+
+
+def csv_oracle(text: str, col: int, header: bool, scale: int, delim: str) -> tuple[int, ...]:
+    """rows/count/sum/... from Python's csv module and Decimal-free integer arithmetic."""
+    records = [r for r in csv.reader(io.StringIO(text, newline=""), delimiter=delim) if r]
+    if header:
+        records = records[1:]
+    n = {"rows": len(records), "count": 0, "empty": 0, "skipped": 0, "overflow": 0}
+    total, lo, hi = 0, INT64_MAX, INT64_MIN
+    for r in records:
+        status, v = oracle_value(r[col] if col < len(r) else "", scale)
+        if status != "ok":
+            n[status] += 1
+            continue
+        n["count"] += 1
+        total += v
+        if not INT64_MIN <= total <= INT64_MAX:   # a sum that leaves int64: counted, wraps
+            n["overflow"] += 1
+            total = (total - INT64_MIN) % (1 << 64) + INT64_MIN
+        lo, hi = min(lo, v), max(hi, v)
+    return (n["rows"], n["count"], total, n["empty"], n["skipped"], n["overflow"], lo, hi)
+
+
+BOUNDARY = ["9223372036854775807", "9223372036854775799", "92233720368547758.07",
+            "92233720368547757.99", "-92233720368547758.07", "4611686018427387904",
+            "90000000000000000", "0000000000000000000000001.5", "1.99999999999999999999"]
+JUNK = ["1a", "-", "+", ".", "-.", "1.2.3", "--1", "+-1", " 1", "1 ", "1e5", "0x10", "é", "x"]
+number = st.builds(lambda sign, whole, frac: sign + whole + ("" if frac is None else "." + frac),
+                   st.sampled_from(["", "", "-", "+"]), st.text("0123456789", max_size=21),
+                   st.none() | st.text("0123456789", max_size=6))
+# Text with delimiters, quotes and newlines: csv.writer quotes it (CR only inside CRLF, which
+# csv.writer always quotes; a lone CR outside quotes is covered by the raw test below).
+special = st.lists(st.sampled_from([",", ";", "\t", '"', "\r\n", "\n", " ", "a", "1", "."]),
+                   max_size=6).map("".join)
+field = st.one_of(number, st.sampled_from(BOUNDARY + JUNK), special)
+csv_params = dict(col=st.integers(0, 3), header=st.booleans(),
+                  scale=st.sampled_from([0, 1, 2, 4, 18]))
+
+
+@settings(max_examples=50, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.lists(field, max_size=5), max_size=12),
+       delim=st.sampled_from([",", ";", "\t"]), crlf=st.booleans(), quote_all=st.booleans(),
+       trailing_newline=st.booleans(), **csv_params)
+def test_same_job_equals_stord_and_the_csv_module(tmp_path: Path, rows: list[list[str]],
+                                                  delim: str, crlf: bool, quote_all: bool,
+                                                  trailing_newline: bool, col: int,
+                                                  header: bool, scale: int) -> None:
+    buf = io.StringIO()
+    lt = "\r\n" if crlf else "\n"
+    csv.writer(buf, delimiter=delim, lineterminator=lt,
+               quoting=csv.QUOTE_ALL if quote_all else csv.QUOTE_MINIMAL).writerows(rows)
+    text = buf.getvalue()   # an empty row is a blank line
+    if not trailing_newline and text.endswith(lt):
+        text = text[: -len(lt)]
+    p = tmp_path / "s.csv"
+    p.write_bytes(text.encode())
+    got = same_job(p, col, header, scale, delim)
+    assert got == stord_stats(p, col, header, scale, delim)
+    assert got == csv_oracle(text, col, header, scale, delim)
+
+
+@settings(max_examples=50, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(parts=st.lists(st.sampled_from(["0", "1", "7", "9" * 10, ".", "-", "+", ",", ";", '"',
+                                       '""', "\r", "\n", "\r\n", " ", "a", *BOUNDARY]),
+                      max_size=40),
+       delim=st.sampled_from([",", ";", " "]), **csv_params)
+def test_same_job_equals_stord_on_raw_bytes(tmp_path: Path, parts: list[str], delim: str,
+                                            col: int, header: bool, scale: int) -> None:
+    """Any byte soup (stray quotes, lone CRs, quotes mid-field): the same answer as stord."""
+    p = tmp_path / "raw.csv"
+    p.write_bytes("".join(parts).encode())
+    assert same_job(p, col, header, scale, delim) == stord_stats(p, col, header, scale, delim)
+
+
+@settings(max_examples=8, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 10_000), size=st.integers(30, 40_000))
+def test_same_job_on_generated_data_equals_duckdb(tmp_path: Path, seed: int, size: int) -> None:
+    ds = datagen.generate(tmp_path / f"d{seed}.csv", size, seed=seed)
+    scale = competitors.stord_avg_scale()
+    (r,) = competitors.run_same_job(ds.path, scale=scale)
+    s, n = duck_sum_count(ds.path)
+    assert (r.rows, r.count, r.empty, r.skipped, r.overflow) == (n, n, 0, 0, 0)
+    assert Decimal(r.sum).scaleb(-scale) == s
+    con = duckdb.connect()
+    lo, hi, davg = con.execute("SELECT min(value::DECIMAL(18,2)), max(value::DECIMAL(18,2)), "
+                               "avg(value::DECIMAL(18,2))::DOUBLE FROM read_csv(?)",
+                               [ds.path]).fetchone()
+    con.close()
+    assert (Decimal(r.min).scaleb(-scale), Decimal(r.max).scaleb(-scale)) == (lo, hi)
+    assert r.avg == pytest.approx(davg, rel=1e-12)
+    rec = competitors.c_same_job(ds, 2)
+    assert rec.ok, rec.error
+    assert len(rec.times) == 2 and all(t > 0 for t in rec.times)
+
+
 def test_competitors_agree_on_a_generated_file(tmp_path: Path) -> None:
     ds = datagen.generate(tmp_path / "c.csv", 60_000, seed=7)
-    recs = [competitors.c_baseline(ds, 2), competitors.duckdb_avg(ds, 1, threads=1),
+    recs = [competitors.c_baseline(ds, 2), competitors.c_same_job(ds, 2),
+            competitors.duckdb_avg(ds, 1, threads=1),
             competitors.duckdb_avg(ds, 1, threads=2), competitors.pandas_avg(ds, 1),
             competitors.csv_module_avg(ds, 1)]
     for r in recs:
@@ -102,12 +243,14 @@ def test_competitors_agree_on_a_generated_file(tmp_path: Path) -> None:
     # A wrong answer must be reported as an error, not as a throughput.
     bad = datagen.Dataset(ds.path, ds.size, ds.rows, ds.sum_cents + 1, ds.seed, ds.negative)
     assert not competitors.c_baseline(bad, 1).ok
+    assert not competitors.c_same_job(bad, 1).ok
     assert not competitors.duckdb_avg(bad, 1, threads=1).ok
 
 
 def test_report_tables_from_measured_records(tmp_path: Path) -> None:
     ds = datagen.generate(tmp_path / "r.csv", 20_000, seed=2)
-    recs = [competitors.c_baseline(ds, 2), competitors.duckdb_avg(ds, 2, threads=1)]
+    recs = [competitors.c_baseline(ds, 2), competitors.duckdb_avg(ds, 2, threads=1),
+            competitors.c_same_job(ds, 2)]
     res = {"machine": {"date_utc": "x", "git_commit": "x", "nproc": 2, "cpu_model": "x",
                        "memory_gib": 1, "kernel": "x", "python": "x", "gcc": "x",
                        "loadavg_start": (0, 0, 0), "packages": {}},
@@ -120,6 +263,15 @@ def test_report_tables_from_measured_records(tmp_path: Path) -> None:
     duck_row = next(line for line in md.splitlines() if line.startswith("| DuckDB"))
     cells = [c.strip() for c in duck_row.strip("|").split("|")]
     assert float(cells[7].rstrip("×")) == pytest.approx(ratio, rel=0.01)
+    same_row = next(line for line in md.splitlines() if line.startswith("| C same job"))
+    cells = [c.strip() for c in same_row.strip("|").split("|")]
+    assert cells[9] == "1.00×" and cells[-1] == "exact"
+    assert float(cells[7].rstrip("×")) == pytest.approx(recs[0].best / recs[2].best, rel=0.01)
+    # A stord jit row gets a line with its ratio to both baselines, each named.
+    jit = Throughput("stord jit", ds.size, times=[recs[2].best / 2], value=ds.avg,
+                     expected=ds.avg)
+    line = report.jit_vs_c(dict(res, throughput=res["throughput"] + [jit.to_dict()]))
+    assert "2.00× the same-job C baseline" in line and "the naive C baseline" in line
     out = tmp_path / "RESULTS.md"
     out.write_text(f"# title\nkept above\n{report.BEGIN}\nold\n{report.END}\nkept below\n")
     report.update_results_md(out, md)
