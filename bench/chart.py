@@ -33,7 +33,7 @@ def draw(res: dict[str, Any], out: Path) -> Path:
             ax.set_xscale("log")
             ax.invert_yaxis()
             ax.set_xlabel("MB/s (median, log scale)")
-            ax.set_title(f"avg of one column, {res['dataset']['size'] / 1e6:.0f} MB CSV "
+            ax.set_title(f"avg of one column, {res['dataset']['size'] / 1e6:.0f} MB CSV\n"
                          "(blue: stord, red: naive C baseline, orange: same-job C baseline)")
             for y, v in enumerate(vals):
                 ax.text(v, y, f" {v:,.1f}" if v >= 100 else f" {v:.3g}", va="center",

@@ -78,12 +78,12 @@ def jit_vs_c(res: dict[str, Any]) -> str:
         return ""
     parts = []
     for label, prefix in (("the naive C baseline (no quoting, no validation)", C_NAME_PREFIX),
-                          ("the same-job C baseline (RFC 4180, number validation, overflow "
-                           "checks: what stord's avg does)", SAME_JOB_PREFIX)):
+                          ("the same-job C baseline (RFC 4180 quoting, number validation, "
+                           "overflow checks: what stord's avg does)", SAME_JOB_PREFIX)):
         best, med = _ratios(jit, c_mbps(res["throughput"], prefix))
         if best:
-            parts.append(f"{_ratio(best)} {label} (median {_ratio(med)})")
-    return ("stord jit runs at " + "; ".join(parts) + ".") if parts else ""
+            parts.append(f"{_ratio(best)} (median {_ratio(med)}) {label}")
+    return ("stord jit, in MB/s: " + "; ".join(parts) + ".") if parts else ""
 
 
 def jit_table(res: dict[str, Any]) -> str:
