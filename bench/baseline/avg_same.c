@@ -13,10 +13,14 @@
  *   be empty, not both): kept as value * 10^SCALE in an int64, digits past SCALE truncated.
  *   Empty or missing field: `empty`; anything else: `skipped`; a value or a running sum
  *   that does not fit an int64: `overflow` (stord fails such a query; here it is reported).
+ *   As in stord.h, the digits (fraction ones kept) accumulate in an integer that must take
+ *   one more digit, so 9223372036854775800..807 as digits overflow too.
  * - rows (records, header excluded), count, sum, min and max of the valid values.
  * Written the way a careful programmer writes it for speed: one pass over an mmap, a byte
- * loop over a 256-entry class table with tight inner loops for runs of ordinary bytes,
- * no SIMD, no memchr, no threads (like avg.c). Build: gcc -O2.
+ * loop over a 256-entry class table with tight inner loops for runs of ordinary bytes, and
+ * a straight-line parse of the common number shape at the start of the column's field
+ * (anything else goes through the byte state machine from the field's start); no SIMD, no
+ * memchr, no threads (like avg.c). Build: gcc -O2.
  *
  * Usage: avg_same FILE COLUMN HEADER(0|1) [REPEAT [SCALE [DELIM]]]
  *   SCALE defaults to 4, the scale stord's built-ins use when the client gives none (the
