@@ -251,7 +251,8 @@ struct stord_record {
 };
 
 #define STORD_CSV_INQ 1u  /* inside a quoted field */
-#define STORD_CSV_PQ 2u   /* the previous byte was a quote */
+#define STORD_CSV_PQ 2u   /* the previous byte was a quote (stord_csv.fl) */
+#define STORD_CSV_NPQ 2u  /* ...was not (the walk's fl: one OR per ordinary byte) */
 #define STORD_CSV_SEEN 4u /* the record has a byte other than CR */
 
 struct stord_csv {
@@ -332,44 +333,48 @@ static long stord_csv_byte(__u32 idx, void *arg)
 	struct stord_csv_walk *w = arg;
 	__u32 c = stord_buf[idx & (STORD_WINDOW - 1)], fl = w->fl;
 
-	if (c > '"' && c != delim) { /* ordinary in a quoted field, or the first of a record */
-		w->fl = (fl | STORD_CSV_SEEN) & ~STORD_CSV_PQ;
-		stord_csv_content(c, w->column, &w->acc, &w->nst);
-		return 0;
-	}
-	if (c == '"') {
-		if ((fl & (STORD_CSV_INQ | STORD_CSV_PQ)) == STORD_CSV_PQ) {
-			/* "" inside a quoted field: a literal quote, and quoted again */
+	/* Shaped for the jit, which lays a branch's fall-through out as the hot path: an
+	 * ordinary byte takes no branch and costs one OR of flags (hence NPQ, not PQ), and a
+	 * delimiter is compared once. */
+	if (c != delim) {
+		if (c > '"') { /* ordinary in a quoted field, or the first of a record */
+			w->fl = fl | STORD_CSV_SEEN | STORD_CSV_NPQ;
 			stord_csv_content(c, w->column, &w->acc, &w->nst);
-			w->fl = stord_zero | STORD_CSV_INQ | STORD_CSV_SEEN;
-		} else {
-			w->fl = (fl ^ STORD_CSV_INQ) | STORD_CSV_PQ | STORD_CSV_SEEN;
+			return 0;
 		}
+		if (c == '"') {
+			if (!(fl & (STORD_CSV_INQ | STORD_CSV_NPQ))) {
+				/* "" inside a quoted field: a literal quote, and quoted again */
+				stord_csv_content(c, w->column, &w->acc, &w->nst);
+				w->fl = stord_zero | STORD_CSV_INQ | STORD_CSV_SEEN | STORD_CSV_NPQ;
+			} else {
+				w->fl = ((fl ^ STORD_CSV_INQ) | STORD_CSV_SEEN) & ~STORD_CSV_NPQ;
+			}
+			return 0;
+		}
+		if (!(fl & STORD_CSV_INQ)) {
+			if (c == '\n') {
+				stord_csv_field_end(w->column, w->acc, w->nst);
+				stord_csv_record_end(w->column, fl);
+				w->column = stord_zero;
+				w->fl = stord_zero | STORD_CSV_NPQ;
+				w->acc = stord_zero;
+				w->nst = stord_zero;
+				return 0;
+			}
+			if (c == '\r')
+				return 0;
+		}
+	} else if (!(fl & STORD_CSV_INQ)) {
+		stord_csv_field_end(w->column, w->acc, w->nst);
+		w->column++;
+		w->fl = stord_zero | STORD_CSV_SEEN | STORD_CSV_NPQ;
+		w->acc = stord_zero;
+		w->nst = stord_zero;
 		return 0;
-	}
-	if (!(fl & STORD_CSV_INQ)) {
-		if (c == delim) {
-			stord_csv_field_end(w->column, w->acc, w->nst);
-			w->column++;
-			w->fl = stord_zero | STORD_CSV_SEEN;
-			w->acc = stord_zero;
-			w->nst = stord_zero;
-			return 0;
-		}
-		if (c == '\n') {
-			stord_csv_field_end(w->column, w->acc, w->nst);
-			stord_csv_record_end(w->column, fl);
-			w->column = stord_zero;
-			w->fl = stord_zero;
-			w->acc = stord_zero;
-			w->nst = stord_zero;
-			return 0;
-		}
-		if (c == '\r')
-			return 0;
 	}
 	/* not (fl & INQ) | SEEN: clang would fold that to a constant where it knows INQ */
-	w->fl = (fl | STORD_CSV_SEEN) & ~STORD_CSV_PQ;
+	w->fl = fl | STORD_CSV_SEEN | STORD_CSV_NPQ;
 	stord_csv_content(c, w->column, &w->acc, &w->nst);
 	return 0;
 }
@@ -414,7 +419,7 @@ static __always_inline int stord_csv_main(struct xdp_md *ctx)
 	w.acc = stord_csv.acc;
 	w.nst = stord_csv.nst;
 	w.column = stord_csv.col;
-	w.fl = stord_csv.fl;
+	w.fl = stord_csv.fl ^ STORD_CSV_NPQ;
 	if (ch.len && bpf_loop(STORD_WINDOWS(ch.len), stord_csv_window, &w, 0) < 0)
 		return STORD_ERROR;
 	if (w.error)
@@ -422,7 +427,7 @@ static __always_inline int stord_csv_main(struct xdp_md *ctx)
 	stord_csv.acc = w.acc;
 	stord_csv.nst = w.nst;
 	stord_csv.col = w.column;
-	stord_csv.fl = w.fl;
+	stord_csv.fl = w.fl ^ STORD_CSV_NPQ;
 	if (ch.last)
 		stord_csv_flush();
 	return STORD_SKIP;
