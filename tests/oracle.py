@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from decimal import ROUND_DOWN, Decimal
+from decimal import ROUND_DOWN, Decimal, localcontext
 from typing import Any
 
 import duckdb
@@ -34,7 +34,9 @@ def number(field: str | None, scale: int) -> tuple[str, int | None]:
         return "empty", None
     if not NUM_RE.match(field):
         return "skipped", None
-    q = Decimal(field).scaleb(scale).quantize(Decimal(1), rounding=ROUND_DOWN)
+    with localcontext() as ctx:
+        ctx.prec = 100   # the default 28 digits cannot hold a 19-digit value at scale 18
+        q = Decimal(field).scaleb(scale).quantize(Decimal(1), rounding=ROUND_DOWN)
     if abs(q) > S64_MAX:
         return "overflow", None
     return "ok", int(q)

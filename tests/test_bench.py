@@ -127,9 +127,7 @@ def oracle_value(field: str, scale: int) -> tuple[str, int]:
         return "skipped", 0
     frac = (m[3] or "")[:scale]              # digits past the scale are truncated
     digits = int(m[2] + frac or "0")
-    # stord.h accumulates the digits in an int64 that must take one more digit (acc * 10 + 9
-    # fits), so 9223372036854775800.. overflows even before scaling.
-    if digits >= 9223372036854775800 or digits * 10 ** (scale - len(frac)) > INT64_MAX:
+    if digits * 10 ** (scale - len(frac)) > INT64_MAX:
         return "overflow", 0
     v = digits * 10 ** (scale - len(frac))
     return "ok", -v if m[1] == "-" else v

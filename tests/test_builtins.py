@@ -327,6 +327,23 @@ def test_value_too_large_for_the_scale_is_overflow_not_skipped() -> None:
         fin(state)
 
 
+@pytest.mark.parametrize("scale", [0, 1, 2, 18])
+def test_values_at_the_int64_bound(scale: int) -> None:
+    # |value * 10^scale| <= S64_MAX fits, one more does not (the oracle decides which is which)
+    fields = ["9223372036854775807", "-9223372036854775807", "9223372036854775808",
+              "9223372036854775800", "922337203685477580.7", "922337203685477580.8",
+              "92233720368547758.07", "-92233720368547758.08", "18446744073709551615",
+              "18446744073709551616", "0000000000000000000000000000042", "9.223372036854775807",
+              "0.9223372036854775807", "1844674407370955160", "18446744073709551609"]
+    prog, fin = resolve("stats", {"column": 0, "scale": scale})
+    for field in fields:
+        data = f"{field}\n".encode()
+        want = oracle.stats(data, 0, scale=scale)
+        got = run(prog, data)
+        for k in ("count", "sum", "skipped", "overflow"):
+            assert got[k] == want[k], (field, k)
+
+
 def test_groupby_full_map_is_reported() -> None:
     prog, fin = resolve("groupby", {"key": 0})
     n = 4096 + 3

@@ -13,8 +13,8 @@
  *   be empty, not both): kept as value * 10^SCALE in an int64, digits past SCALE truncated.
  *   Empty or missing field: `empty`; anything else: `skipped`; a value or a running sum
  *   that does not fit an int64: `overflow` (stord fails such a query; here it is reported).
- *   As in stord.h, the digits (fraction ones kept) accumulate in an integer that must take
- *   one more digit, so 9223372036854775800..807 as digits overflow too.
+ *   As in stord.h, the digits (fraction ones kept) accumulate in a uint64_t; a value whose
+ *   magnitude is above INT64_MAX once scaled is an overflow.
  * - rows (records, header excluded), count, sum, min and max of the valid values.
  * Written the way a careful programmer writes it for speed: one pass over an mmap, a byte
  * loop over a 256-entry class table with tight inner loops for runs of ordinary bytes, and
@@ -55,7 +55,7 @@
 enum { NUM_EMPTY, NUM_OK, NUM_INVALID, NUM_OVERFLOW };
 
 /* acc * 10 + 9 stays <= INT64_MAX while acc <= this. */
-#define ACC_LIMIT 922337203685477579ULL
+#define ACC_LIMIT 1844674407370955160ULL /* acc * 10 + 9 fits a uint64_t */
 
 static const uint64_t pow10_[MAX_SCALE + 1] = {
     1ULL, 10ULL, 100ULL, 1000ULL, 10000ULL, 100000ULL, 1000000ULL, 10000000ULL,

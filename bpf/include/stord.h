@@ -149,8 +149,9 @@ static __always_inline int stord_byte(struct xdp_md *ctx, __u32 idx, __u32 len)
 #define STORD_NUM_INVALID 2  /* does not parse: count it in `skipped` */
 #define STORD_NUM_OVERFLOW 3 /* parses but does not fit at this scale: count in `overflow` */
 
-/* acc*10 + 9 stays <= S64_MAX while acc <= this. */
-#define STORD_ACC_LIMIT 922337203685477579ULL
+/* acc*10 + 9 stays within a __u64 while acc <= this; past it the value is too large at any
+ * scale. (S64_MAX's own bound would call 9223372036854775800..807 too large.) */
+#define STORD_ACC_LIMIT 1844674407370955160ULL
 
 static const __u64 stord_pow10[STORD_MAX_SCALE + 1] = {
 	1ULL, 10ULL, 100ULL, 1000ULL, 10000ULL, 100000ULL, 1000000ULL, 10000000ULL,
