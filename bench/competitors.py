@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.datagen import VALUE_COLUMN, Dataset
-from bench.measure import Throughput, time_runs
+from bench.measure import Contender, Throughput, interleave, time_runs, timed
 
 BASELINE_DIR = Path(__file__).parent / "baseline"
 BASELINE_SRC = BASELINE_DIR / "avg.c"          # naive: no quoting, no validation
@@ -90,65 +90,84 @@ def stord_avg_scale() -> int:
     return scale_of(AVG_PARAMS)
 
 
-def c_baseline(ds: Dataset, runs: int) -> Throughput:
+def c_baseline_contender(ds: Dataset) -> Contender:
+    """The naive C loop; each run checks its row count and exact sum."""
     rec = Throughput(C_NAME, ds.size, expected=ds.avg)
     try:
-        res = run_baseline(ds.path, repeat=runs)
+        build_c(BASELINE_SRC)
     except BaselineError as e:
         rec.error = str(e)
-        return rec
-    rec.times = [t for *_, t in res]
-    rows, s, avg, _ = res[-1]
-    rec.value = avg
-    if (rows, s) != (ds.rows, ds.sum_cents):
-        rec.error = f"baseline counted {rows} rows / {s} hundredths, expected {ds.rows} / {ds.sum_cents}"
-    return rec
+        return Contender(rec)
+
+    def once() -> tuple[float, float]:
+        (rows, s, avg, t), = run_baseline(ds.path)
+        if (rows, s) != (ds.rows, ds.sum_cents):
+            raise BaselineError(f"baseline counted {rows} rows / {s} hundredths, "
+                                f"expected {ds.rows} / {ds.sum_cents}")
+        return t, avg
+
+    return Contender(rec, once)
 
 
-def c_same_job(ds: Dataset, runs: int) -> Throughput:
+def c_same_job_contender(ds: Dataset) -> Contender:
+    """avg_same.c at stord's scale; each run checks rows, count, exact sum and no
+    empty/skipped/overflow."""
     rec = Throughput(SAME_JOB_NAME, ds.size, expected=ds.avg)
     try:
         scale = stord_avg_scale()
-        res = run_same_job(ds.path, repeat=runs, scale=scale)
+        build_c(SAME_JOB_SRC)
     except (BaselineError, ImportError) as e:
         rec.error = str(e)
-        return rec
-    rec.times = [r.seconds for r in res]
-    r = res[-1]
-    rec.value = r.avg
+        return Contender(rec)
     if scale < 2:  # the dataset's exact sum is in hundredths
         rec.error = f"stord's avg runs at scale {scale}: cannot check it against hundredths"
-        return rec
+        return Contender(rec)
     want = (ds.rows, ds.rows, ds.sum_cents * 10 ** (scale - 2), 0, 0, 0)
-    got = (r.rows, r.count, r.sum, r.empty, r.skipped, r.overflow)
-    if got != want:
-        rec.error = (f"same-job baseline: (rows, count, sum, empty, skipped, overflow) = "
-                     f"{got}, expected {want}")
-    return rec
+
+    def once() -> tuple[float, float]:
+        r, = run_same_job(ds.path, scale=scale)
+        got = (r.rows, r.count, r.sum, r.empty, r.skipped, r.overflow)
+        if got != want:
+            raise BaselineError(f"same-job baseline: (rows, count, sum, empty, skipped, "
+                                f"overflow) = {got}, expected {want}")
+        return r.seconds, r.avg
+
+    return Contender(rec, once)
 
 
-def duckdb_avg(ds: Dataset, runs: int, threads: int) -> Throughput:
+def duckdb_contender(ds: Dataset, threads: int) -> Contender:
     import duckdb
 
     rec = Throughput(f"DuckDB {duckdb.__version__} ({threads} thread{'s' if threads > 1 else ''})",
                      ds.size, expected=ds.avg)
     con = duckdb.connect(config={"threads": threads})
     sql = (f"SELECT avg(value)::DOUBLE FROM read_csv(?, header=true, columns={DUCKDB_COLUMNS})")
-
-    def q() -> float:
-        return con.execute(sql, [ds.path]).fetchone()[0]
-
-    try:
-        return time_runs(rec, q, runs)
-    finally:
-        con.close()
+    return Contender(rec, timed(lambda: con.execute(sql, [ds.path]).fetchone()[0]), con.close)
 
 
-def pandas_avg(ds: Dataset, runs: int) -> Throughput:
+def pandas_contender(ds: Dataset) -> Contender:
     import pandas as pd
 
     rec = Throughput(f"pandas {pd.__version__} read_csv(usecols)", ds.size, expected=ds.avg)
-    return time_runs(rec, lambda: pd.read_csv(ds.path, usecols=["value"])["value"].mean(), runs)
+    return Contender(rec, timed(
+        lambda: pd.read_csv(ds.path, usecols=["value"])["value"].mean()))
+
+
+# One competitor alone, its runs in a row (tests, and sections that compare with nothing).
+def c_baseline(ds: Dataset, runs: int) -> Throughput:
+    return interleave([c_baseline_contender(ds)], runs)[0]
+
+
+def c_same_job(ds: Dataset, runs: int) -> Throughput:
+    return interleave([c_same_job_contender(ds)], runs)[0]
+
+
+def duckdb_avg(ds: Dataset, runs: int, threads: int) -> Throughput:
+    return interleave([duckdb_contender(ds, threads)], runs)[0]
+
+
+def pandas_avg(ds: Dataset, runs: int) -> Throughput:
+    return interleave([pandas_contender(ds)], runs)[0]
 
 
 def csv_module_sum(path: str, column: int = VALUE_COLUMN) -> float:

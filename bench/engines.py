@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from bench.datagen import VALUE_COLUMN, Dataset
-from bench.measure import Throughput, time_runs
+from bench.measure import Contender, Throughput, interleave, timed
 
 # Engines measured here, in the order of the table; hook needs our patched kernel (a VM),
 # elsewhere its row says why it did not run.
@@ -60,7 +60,8 @@ def run_avg(prog: Any, path: str, engine: str, start: int = 0, end: int | None =
     return float(finish("avg", out["state"], dict(AVG_PARAMS)))
 
 
-def stord_engine(ds: Dataset, engine: str, runs: int, *, budget_s: float = 30) -> Throughput:
+def stord_contender(ds: Dataset, engine: str) -> Contender:
+    """The built-in avg on `engine`, set up for timed runs."""
     rec = Throughput(f"stord {engine}", ds.size, expected=ds.avg)
     try:
         from stord.engines.base import get_engine
@@ -69,7 +70,7 @@ def stord_engine(ds: Dataset, engine: str, runs: int, *, budget_s: float = 30) -
         prog, _ = avg_program(ds.path)
     except Exception as e:  # noqa: BLE001 - unavailable engine: a row with the reason
         rec.error = f"{type(e).__name__}: {e}".splitlines()[0]
-        return rec
+        return Contender(rec)
     # One untimed run: compiles (jit) or loads (kernel) the program and fills caches, so the
     # timed runs measure scanning, as a daemon with a warm cache does.
     t0 = time.perf_counter()
@@ -77,7 +78,7 @@ def stord_engine(ds: Dataset, engine: str, runs: int, *, budget_s: float = 30) -
         run_avg(prog, ds.path, engine)
     except Exception as e:  # noqa: BLE001
         rec.error = f"{type(e).__name__}: {e}".splitlines()[0]
-        return rec
+        return Contender(rec)
     first = time.perf_counter() - t0
     if engine == "jit":
         # The jit runs a quickly compiled tier first and swaps in LLVM O2 code compiled in a
@@ -85,10 +86,16 @@ def stord_engine(ds: Dataset, engine: str, runs: int, *, budget_s: float = 30) -
         from stord.engines.jit.compile import wait_for_upgrades
 
         wait_for_upgrades(60)
-    # Slow engines: as many runs as fit the budget (at least one).
-    n = max(1, min(runs, int(budget_s / max(first, 1e-9))))
-    if n < runs:
-        rec.note = f"{n} run(s) within the {budget_s:.0f} s budget"
     if ds.size < 10e6:
-        rec.note = (rec.note + "; " if rec.note else "") + f"own {ds.mb:.2f} MB file"
-    return time_runs(rec, lambda: run_avg(prog, ds.path, engine), n)
+        rec.note = f"own {ds.mb:.2f} MB file"
+    return Contender(rec, timed(lambda: run_avg(prog, ds.path, engine)), setup_s=first)
+
+
+def stord_engine(ds: Dataset, engine: str, runs: int, *, budget_s: float = 30) -> Throughput:
+    """stord_contender's runs in a row; slow engines get as many as fit the budget (>= 1)."""
+    c = stord_contender(ds, engine)
+    n = max(1, min(runs, int(budget_s / max(c.setup_s, 1e-9))))
+    if n < runs and not c.rec.error:
+        c.rec.note = "; ".join(x for x in (f"{n} run(s) within the {budget_s:.0f} s budget",
+                                            c.rec.note) if x)
+    return interleave([c], n)[0]

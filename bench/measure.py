@@ -51,6 +51,58 @@ class Throughput:
         return d
 
 
+@dataclass
+class Contender:
+    """One side of a comparison: its record, one timed run (seconds, answer), and what to
+    release at the end. A contender whose set-up failed carries the error in rec."""
+    rec: Throughput
+    once: Callable[[], tuple[float, float]] | None = None
+    close: Callable[[], None] | None = None
+    setup_s: float = 0.0     # the untimed first run (compile, load), for run budgets
+
+
+def timed(fn: Callable[[], float]) -> Callable[[], tuple[float, float]]:
+    """once() for a function whose wall time is the measurement."""
+    def once() -> tuple[float, float]:
+        t0 = time.perf_counter()
+        value = fn()
+        return time.perf_counter() - t0, value
+    return once
+
+
+def interleave(contenders: list[Contender], runs: int) -> list[Throughput]:
+    """Run each contender once per round, `runs` rounds. Round-robin rather than one's runs
+    in a row: the shared machine's speed changes within minutes, and a slow spell then hits
+    every side of a ratio instead of one. times[i] of each record is from round i (a
+    contender that fails stops there and keeps its error)."""
+    try:
+        for _ in range(runs):
+            for c in contenders:
+                if c.rec.error or c.once is None:
+                    continue
+                try:
+                    t, value = c.once()
+                except Exception as e:  # noqa: BLE001 - a failing competitor is reported
+                    c.rec.error = f"{type(e).__name__}: {e}".splitlines()[0]
+                    continue
+                c.rec.times.append(t)
+                c.rec.value = float(value)
+    finally:
+        for c in contenders:
+            if c.close is not None:
+                c.close()
+    for c in contenders:
+        rec = c.rec
+        if rec.value is not None and not rec.correct and not rec.error:
+            rec.error = f"wrong result {rec.value!r}, expected {rec.expected!r}"
+    return [c.rec for c in contenders]
+
+
+def round_ratios(ref: Throughput, other: Throughput) -> list[float]:
+    """ref time / other time per round of an interleaved run (> 1: other is faster)."""
+    return [a / b for a, b in zip(ref.times, other.times, strict=False) if a and b]
+
+
 def time_runs(rec: Throughput, fn: Callable[[], float], runs: int) -> Throughput:
     """Call fn `runs` times; keep every wall time and the last value. Errors end the series."""
     for _ in range(runs):

@@ -83,7 +83,17 @@ def jit_vs_c(res: dict[str, Any]) -> str:
         best, med = _ratios(jit, c_mbps(res["throughput"], prefix))
         if best:
             parts.append(f"{_ratio(best)} (median {_ratio(med)}) {label}")
-    return ("stord jit, in MB/s: " + "; ".join(parts) + ".") if parts else ""
+    line = ("stord jit, in MB/s: " + "; ".join(parts) + ".") if parts else ""
+    rounds = res.get("rounds") or {}
+    per = [f"{label} {_ratio(statistics.median(xs))} (range {_ratio(min(xs))}-{_ratio(max(xs))})"
+           for key, label in (("jit_vs_c", "naive C"), ("jit_vs_c_same_job", "same-job C"),
+                              ("jit_vs_duckdb_1_thread", "DuckDB 1 thread"))
+           if (xs := rounds.get(key))]
+    if per:
+        line += (f" Round by round (the contenders ran round-robin, {len(rounds['jit_vs_c'])} "
+                 "rounds, so each ratio compares runs a few seconds apart), the median of the "
+                 "per-round speed ratio of the jit to: " + "; ".join(per) + ".")
+    return line
 
 
 def jit_table(res: dict[str, Any]) -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import chart, competitors, datagen, machine, report
+from bench.measure import interleave, round_ratios
 
 HERE = Path(__file__).resolve().parent
 SECTIONS = ("throughput", "jit", "pushdown", "latency")
@@ -78,18 +79,30 @@ def throughput(args: argparse.Namespace, ds: datagen.Dataset, small: datagen.Dat
         log(f"  {rec.name:<44} {speed:>14}  "
             f"{'ok' if rec.ok else rec.error}")
 
+    # The ratios the targets are about (jit vs both C loops and DuckDB) come from contenders
+    # run round-robin in one loop; the slow engines and the csv module run alone afterwards.
     datagen.warm(ds.path)
-    add(competitors.c_baseline(ds, runs))
-    add(competitors.c_same_job(ds, runs))
+    nthreads = competitors.all_threads()
+    duck = [competitors.duckdb_contender(ds, 1)]
+    if nthreads > 1:
+        duck.append(competitors.duckdb_contender(ds, nthreads))
+    first = [competitors.c_baseline_contender(ds), competitors.c_same_job_contender(ds),
+             engines.stord_contender(ds, "jit")]
+    rest = [competitors.pandas_contender(ds)]
+    c_naive, c_same, jit, *others = interleave(first + duck + rest, runs)
+    for rec in (c_naive, c_same, jit):
+        add(rec)
     for name in engines.engine_names():
+        if name == "jit":
+            continue
         target = small if name == "interp" else ds
         datagen.warm(target.path)
         add(engines.stord_engine(target, name, runs, budget_s=args.slow_budget_s))
-    add(competitors.duckdb_avg(ds, runs, threads=1))
-    nthreads = competitors.all_threads()
-    if nthreads > 1:
-        add(competitors.duckdb_avg(ds, runs, threads=nthreads))
-    add(competitors.pandas_avg(ds, runs))
+    for rec in others:
+        add(rec)
+    res["rounds"] = {"jit_vs_c": round_ratios(c_naive, jit),
+                     "jit_vs_c_same_job": round_ratios(c_same, jit),
+                     "jit_vs_duckdb_1_thread": round_ratios(others[0], jit)}
     add(competitors.csv_module_avg(ds, min(runs, 3)))
 
 

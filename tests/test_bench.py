@@ -270,11 +270,39 @@ def test_report_tables_from_measured_records(tmp_path: Path) -> None:
                      expected=ds.avg)
     line = report.jit_vs_c(dict(res, throughput=res["throughput"] + [jit.to_dict()]))
     assert "2.00× (median 2.00×) the same-job C baseline" in line and "the naive C baseline" in line
+    rounds = {"jit_vs_c": [0.5, 2.0, 1.5], "jit_vs_c_same_job": [], "jit_vs_duckdb_1_thread": [3.0]}
+    line = report.jit_vs_c(dict(res, throughput=res["throughput"] + [jit.to_dict()],
+                                rounds=rounds))
+    assert "3 rounds" in line and "naive C 1.50× (range 0.500×-2.00×)" in line
+    assert "DuckDB 1 thread 3.00×" in line and "same-job C 1" not in line
     out = tmp_path / "RESULTS.md"
     out.write_text(f"# title\nkept above\n{report.BEGIN}\nold\n{report.END}\nkept below\n")
     report.update_results_md(out, md)
     text = out.read_text()
     assert "kept above" in text and "kept below" in text and "old" not in text
+
+
+def test_interleaved_contenders_run_round_robin(tmp_path: Path) -> None:
+    from bench import engines
+    from bench.measure import interleave, round_ratios
+
+    ds = datagen.generate(tmp_path / "i.csv", 30_000, seed=3)
+    order: list[str] = []
+    cs = [competitors.c_baseline_contender(ds), engines.stord_contender(ds, "jit"),
+          competitors.duckdb_contender(ds, 1)]
+    for c in cs:   # note who ran when, around the real run
+        c.once = (lambda name, f: lambda: (order.append(name), f())[1])(c.rec.name, c.once)
+    c_rec, jit, duck = interleave(cs, 3)
+    assert order == [c.rec.name for c in cs] * 3
+    assert all(r.ok and len(r.times) == 3 for r in (c_rec, jit, duck))
+    want = [a / b for a, b in zip(c_rec.times, jit.times, strict=True)]
+    assert round_ratios(c_rec, jit) == pytest.approx(want)
+    # a contender that fails keeps its error and stops; the others go on
+    bad = datagen.Dataset(**{**vars(ds), "sum_cents": ds.sum_cents + 1})
+    broken, fine = interleave([competitors.c_baseline_contender(bad),
+                               competitors.c_same_job_contender(ds)], 2)
+    assert "baseline counted" in broken.error and not broken.times
+    assert fine.ok and len(fine.times) == 2
 
 
 def _can_make_netns() -> str | None:
