@@ -186,6 +186,47 @@ def test_runaway_loop_stops() -> None:
         jit.load(prog, budget=1000, helpers="conformance").call(None)
 
 
+# A backward jump into shared tail code (clang emits these) is not a loop: budget 0 runs it.
+# The loop counts down r1 from 5, with a backward jump to the shared tail on its way out.
+TAIL_ASM = """
+    mov %r0, 0
+    mov %r1, 5
+    ja body
+tail:
+    add %r0, 100
+    exit
+body:
+    jeq %r1, 0, tail
+    add %r0, 1
+    sub %r1, 1
+    ja body
+"""
+
+
+@pytest.mark.parametrize("budget, ok", [(5, True), (4, False)])
+def test_only_jumps_that_close_a_loop_are_charged(budget: int, ok: bool) -> None:
+    from stord.program.asm import assemble
+
+    prog = Program(name="t", section="", insns=assemble(TAIL_ASM))
+    inst = jit.load(prog, budget=budget, helpers="conformance")
+    if ok:   # 5 iterations: 5 charged back-edges; the jump to `tail` is free
+        assert inst.call(None) == 105
+    else:
+        with pytest.raises(BudgetExceeded):
+            inst.call(None)
+
+
+def test_jump_sccs_put_only_loops_together() -> None:
+    from stord.engines.jit.translate import jump_sccs
+    from stord.program.asm import assemble
+
+    insns = assemble(TAIL_ASM)
+    scc = jump_sccs(insns, 0, len(insns))
+    body, tail = 5, 3   # slots of the labels
+    assert scc[body] == scc[len(insns) - 1] == scc[body + 1]   # the loop's slots
+    assert scc[tail] != scc[body] and scc[0] != scc[body]
+
+
 MAPS_C = r"""
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>

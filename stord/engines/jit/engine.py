@@ -11,7 +11,7 @@ context's fields are known, see ModuleTranslator), and call() (the conformance c
 r1 = memory) uses the general variant, compiled on first use.
 
 Same results and the same failures as the interp (tests/test_jit_diff.py), except where
-the engines are specified to differ: the budget counts back-edges, calls and bpf_loop
+the engines are specified to differ: the budget counts loop back-edges (backward jumps that close a cycle), calls and bpf_loop
 iterations instead of instructions, and ktime/prandom values.
 """
 

@@ -114,6 +114,69 @@ INLINE_SMALL = 256           # a function called from several sites is copied in
                              # only while (expanded size x call sites) stays this small
 
 
+def jump_successors(insns: list[isa.Insn], pc: int) -> tuple[int, ...]:
+    """Slots control can go to after slot pc (calls return; exit goes nowhere)."""
+    ins = insns[pc]
+    if ins.op == isa.LDDW:
+        return (pc + 2,)
+    if ins.cls not in (isa.JMP, isa.JMP32):
+        return (pc + 1,)
+    op = ins.op & 0xF0
+    if op == isa.EXIT:
+        return ()
+    if op == isa.CALL:
+        return (pc + 1,)
+    if op == isa.JA:
+        return (pc + (ins.imm if ins.cls == isa.JMP32 else ins.off) + 1,)
+    return (pc + ins.off + 1, pc + 1)
+
+
+def jump_sccs(insns: list[isa.Insn], start: int, end: int) -> dict[int, int]:
+    """Strongly connected components of the slots [start, end) (Tarjan's algorithm,
+    iterative: programs have up to MAX_JIT_INSNS slots); slot -> component number."""
+    index: dict[int, int] = {}
+    low: dict[int, int] = {}
+    comp: dict[int, int] = {}
+    stack: list[int] = []
+    on_stack: set[int] = set()
+    counter = 0
+    for root in range(start, end):   # (an lddw's second slot is a harmless extra node)
+        if root in index:
+            continue
+        work = [(root, iter(jump_successors(insns, root)))]
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            v, it = work[-1]
+            for w in it:
+                if not start <= w < end:
+                    continue
+                if w not in index:
+                    index[w] = low[w] = counter
+                    counter += 1
+                    stack.append(w)
+                    on_stack.add(w)
+                    work.append((w, iter(jump_successors(insns, w))))
+                    break
+                if w in on_stack:
+                    low[v] = min(low[v], index[w])
+            else:
+                work.pop()
+                if work:
+                    u = work[-1][0]
+                    low[u] = min(low[u], low[v])
+                if low[v] == index[v]:
+                    while True:
+                        w = stack.pop()
+                        on_stack.discard(w)
+                        comp[w] = v
+                        if w == v:
+                            break
+    return comp
+
+
 def loop_callbacks(insns: list[isa.Insn], start: int, end: int) -> dict[int, int]:
     """bpf_loop call sites in [start, end) whose callback is known: r2 was set by an lddw of
     a function in the same straight-line run (no jump target or call in between), as
@@ -398,6 +461,7 @@ class FunctionTranslator:
         self.leave(c64(0))
         b.position_at_end(here)
         self.blocks: dict[int, ir.Block] = {}
+        self._scc: dict[int, int] | None = None
         self._cache: dict[int, ir.Value] = {}
         self._cache_block: ir.Block | None = None
 
@@ -532,10 +596,20 @@ class FunctionTranslator:
         return blk
 
     def jump(self, pc: int, target: int) -> None:
-        """Unconditional branch; back-edges are charged to the budget."""
-        if target <= pc:
+        """Unconditional branch; loop back-edges are charged to the budget."""
+        if target <= pc and self.scc(pc) == self.scc(target):
             self.charge(pc)
         self.b.branch(self.block_at(target))
+
+    def scc(self, pc: int) -> int:
+        """The strongly connected component of slot pc in this subprogram's jump graph.
+        A backward jump closes a loop only when its target can reach it again; clang also
+        jumps backward to shared tail code (a CSV record's end), which runs once per pass
+        and needs no budget test. Every cycle has a backward jump inside one component, so
+        charging just those still stops every runaway loop."""
+        if self._scc is None:
+            self._scc = jump_sccs(self.insns, self.sub.start, self.sub.end)
+        return self._scc.get(pc, -1)
 
     # -- memory --------------------------------------------------------------------------
 
