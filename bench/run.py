@@ -35,6 +35,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--small-kb", type=float, default=256,
                     help="CSV size for the interp engine and latency, in KB (default 256)")
     ap.add_argument("--runs", type=int, default=5, help="timed runs per figure (default 5)")
+    ap.add_argument("--rounds", type=int, default=11,
+                    help="rounds of the round-robin comparison of the C baselines, stord jit, "
+                         "DuckDB and pandas: one run each per round (default 11)")
     ap.add_argument("--slow-budget-s", type=float, default=30,
                     help="stop repeating a slow figure after this many seconds (>= 1 run)")
     ap.add_argument("--rates", default="1gbit,100mbit",
@@ -89,7 +92,7 @@ def throughput(args: argparse.Namespace, ds: datagen.Dataset, small: datagen.Dat
     first = [competitors.c_baseline_contender(ds), competitors.c_same_job_contender(ds),
              engines.stord_contender(ds, "jit")]
     rest = [competitors.pandas_contender(ds)]
-    c_naive, c_same, jit, *others = interleave(first + duck + rest, runs)
+    c_naive, c_same, jit, *others = interleave(first + duck + rest, args.rounds)
     for rec in (c_naive, c_same, jit):
         add(rec)
     for name in engines.engine_names():

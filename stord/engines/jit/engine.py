@@ -11,8 +11,9 @@ context's fields are known, see ModuleTranslator), and call() (the conformance c
 r1 = memory) uses the general variant, compiled on first use.
 
 Same results and the same failures as the interp (tests/test_jit_diff.py), except where
-the engines are specified to differ: the budget counts loop back-edges (backward jumps that close a cycle), calls and bpf_loop
-iterations instead of instructions, and ktime/prandom values.
+the engines are specified to differ: the budget counts loop back-edges (backward jumps
+that close a cycle), calls and bpf_loop iterations instead of instructions, and
+ktime/prandom values.
 """
 
 from __future__ import annotations
