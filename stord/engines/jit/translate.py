@@ -324,6 +324,7 @@ class ModuleTranslator:
                 g.linkage = "internal"
                 self.rodata[i] = g
         self._intrinsics: dict[str, ir.Function] = {}
+        self.sccs: dict[tuple[int, int], dict[int, int]] = {}   # per subprogram, once
         self.fault_fn = self._fault_fn()
         from stord.engines.jit import runtime  # noqa: PLC0415 - runtime builds on this module
         self.runtime = runtime.Runtime(self)
@@ -461,7 +462,6 @@ class FunctionTranslator:
         self.leave(c64(0))
         b.position_at_end(here)
         self.blocks: dict[int, ir.Block] = {}
-        self._scc: dict[int, int] | None = None
         self._cache: dict[int, ir.Value] = {}
         self._cache_block: ir.Block | None = None
 
@@ -607,9 +607,11 @@ class FunctionTranslator:
         jumps backward to shared tail code (a CSV record's end), which runs once per pass
         and needs no budget test. Every cycle has a backward jump inside one component, so
         charging just those still stops every runaway loop."""
-        if self._scc is None:
-            self._scc = jump_sccs(self.insns, self.sub.start, self.sub.end)
-        return self._scc.get(pc, -1)
+        key = (self.sub.start, self.sub.end)
+        comp = self.mt.sccs.get(key)
+        if comp is None:   # an inlined subprogram is translated once per call site
+            comp = self.mt.sccs[key] = jump_sccs(self.insns, *key)
+        return comp.get(pc, -1)
 
     # -- memory --------------------------------------------------------------------------
 
