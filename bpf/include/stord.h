@@ -253,8 +253,8 @@ struct stord_record {
 
 #define STORD_CSV_INQ 1u  /* inside a quoted field */
 #define STORD_CSV_PQ 2u   /* the previous byte was a quote (stord_csv.fl) */
-#define STORD_CSV_NPQ 2u  /* ...was not (the walk's fl: one OR per ordinary byte) */
-#define STORD_CSV_SEEN 4u /* the record has a byte other than CR */
+#define STORD_CSV_NPQ 2u  /* ...was not (the walk's fl: one OR per byte of a read column) */
+#define STORD_CSV_SEEN 4u /* the record has a byte other than CR (stord_csv.fl only) */
 
 struct stord_csv {
 	__u64 acc;  /* number being parsed */
@@ -293,18 +293,24 @@ static __always_inline void stord_csv_content(__u32 c, __u32 column, __u64 *acc,
 		stord_csv_key_byte(c);
 }
 
+/* Whether the scanner reads the column's bytes (the number or the key column). */
+static __always_inline int stord_csv_wanted(__u32 column)
+{
+	return (col >= 0 && column == (__u32)col) || (key_col >= 0 && column == (__u32)key_col);
+}
+
 static __always_inline void stord_csv_field_end(__u32 column, __u64 acc, __u32 nst)
 {
 	if (col >= 0 && column == (__u32)col)
 		stord_csv.rec.num_status = stord_num_end(acc, nst, scale, &stord_csv.rec.num);
 }
 
-static __always_inline void stord_csv_record_end(__u32 column, __u32 fl)
+static __always_inline void stord_csv_record_end(int blank)
 {
 	struct stord_record *r = &stord_csv.rec;
 
-	if (column == 0 && !(fl & STORD_CSV_SEEN))
-		return; /* a blank line */
+	if (blank)
+		return; /* a blank line (no byte but CRs) is not a record */
 	if (stord_csv.skip)
 		stord_csv.skip = 0;
 	else
@@ -324,6 +330,8 @@ struct stord_csv_walk {
 	__u32 fl;
 	__u32 len;
 	__u32 error;
+	__u32 start; /* in the window: where the record's first byte other than CR is (or will
+		      * be); stord_zero - 1, never an index, once it has one */
 };
 
 /* The per-byte state machine (RFC 4180): a quote toggles the quoted state, a doubled quote
@@ -335,48 +343,61 @@ static long stord_csv_byte(__u32 idx, void *arg)
 	__u32 c = stord_buf[idx & (STORD_WINDOW - 1)], fl = w->fl;
 
 	/* Shaped for the jit, which lays a branch's fall-through out as the hot path: an
-	 * ordinary byte takes no branch and costs one OR of flags (hence NPQ, not PQ), and a
+	 * ordinary byte of a column nobody reads takes no branch and changes no state (a blank
+	 * line is told by position, and the quote flags matter only in read columns), and a
 	 * delimiter is compared once. */
 	if (c != delim) {
 		if (c > '"') { /* ordinary in a quoted field, or the first of a record */
-			w->fl = fl | STORD_CSV_SEEN | STORD_CSV_NPQ;
-			stord_csv_content(c, w->column, &w->acc, &w->nst);
+			if (stord_csv_wanted(w->column)) {
+				w->fl = fl | STORD_CSV_NPQ;
+				stord_csv_content(c, w->column, &w->acc, &w->nst);
+			}
 			return 0;
 		}
 		if (c == '"') {
-			if (!(fl & (STORD_CSV_INQ | STORD_CSV_NPQ))) {
+			if (!stord_csv_wanted(w->column)) {
+				/* only the field's end matters: "" toggles twice, which leaves the
+				 * same quoted state as a literal quote does */
+				w->fl = fl ^ STORD_CSV_INQ;
+			} else if (!(fl & (STORD_CSV_INQ | STORD_CSV_NPQ))) {
 				/* "" inside a quoted field: a literal quote, and quoted again */
 				stord_csv_content(c, w->column, &w->acc, &w->nst);
-				w->fl = stord_zero | STORD_CSV_INQ | STORD_CSV_SEEN | STORD_CSV_NPQ;
+				w->fl = stord_zero | STORD_CSV_INQ | STORD_CSV_NPQ;
 			} else {
-				w->fl = ((fl ^ STORD_CSV_INQ) | STORD_CSV_SEEN) & ~STORD_CSV_NPQ;
+				w->fl = (fl ^ STORD_CSV_INQ) & ~STORD_CSV_NPQ;
 			}
 			return 0;
 		}
 		if (!(fl & STORD_CSV_INQ)) {
 			if (c == '\n') {
 				stord_csv_field_end(w->column, w->acc, w->nst);
-				stord_csv_record_end(w->column, fl);
+				stord_csv_record_end(w->column == 0 && idx == w->start);
 				w->column = stord_zero;
 				w->fl = stord_zero | STORD_CSV_NPQ;
 				w->acc = stord_zero;
 				w->nst = stord_zero;
+				w->start = idx + 1;
 				return 0;
 			}
-			if (c == '\r')
+			if (c == '\r') { /* dropped; at a record's start, the record starts later */
+				if (idx == w->start)
+					w->start = idx + 1;
 				return 0;
+			}
 		}
 	} else if (!(fl & STORD_CSV_INQ)) {
 		stord_csv_field_end(w->column, w->acc, w->nst);
 		w->column++;
-		w->fl = stord_zero | STORD_CSV_SEEN | STORD_CSV_NPQ;
+		w->fl = stord_zero | STORD_CSV_NPQ;
 		w->acc = stord_zero;
 		w->nst = stord_zero;
 		return 0;
 	}
-	/* not (fl & INQ) | SEEN: clang would fold that to a constant where it knows INQ */
-	w->fl = fl | STORD_CSV_SEEN | STORD_CSV_NPQ;
-	stord_csv_content(c, w->column, &w->acc, &w->nst);
+	/* a control byte, or CR, LF or the delimiter inside quotes: content */
+	if (stord_csv_wanted(w->column)) {
+		w->fl = fl | STORD_CSV_NPQ;
+		stord_csv_content(c, w->column, &w->acc, &w->nst);
+	}
 	return 0;
 }
 
@@ -390,6 +411,8 @@ static long stord_csv_window(__u32 widx, void *arg)
 		w->error = 1;
 		return 1;
 	}
+	/* the next window's index 0 is where a record that has no byte yet starts */
+	w->start = w->start == (__u32)n ? stord_zero : stord_zero - 1;
 	return 0;
 }
 
@@ -397,7 +420,7 @@ static long stord_csv_window(__u32 widx, void *arg)
 static __always_inline void stord_csv_flush(void)
 {
 	stord_csv_field_end(stord_csv.col, stord_csv.acc, stord_csv.nst);
-	stord_csv_record_end(stord_csv.col, stord_csv.fl);
+	stord_csv_record_end(stord_csv.col == 0 && !(stord_csv.fl & STORD_CSV_SEEN));
 	stord_csv.acc = 0;
 	stord_csv.nst = 0;
 	stord_csv.col = 0;
@@ -420,7 +443,8 @@ static __always_inline int stord_csv_main(struct xdp_md *ctx)
 	w.acc = stord_csv.acc;
 	w.nst = stord_csv.nst;
 	w.column = stord_csv.col;
-	w.fl = stord_csv.fl ^ STORD_CSV_NPQ;
+	w.fl = (stord_csv.fl & ~STORD_CSV_SEEN) ^ STORD_CSV_NPQ;
+	w.start = (stord_csv.fl & STORD_CSV_SEEN) ? stord_zero - 1 : stord_zero;
 	if (ch.len && bpf_loop(STORD_WINDOWS(ch.len), stord_csv_window, &w, 0) < 0)
 		return STORD_ERROR;
 	if (w.error)
@@ -428,7 +452,7 @@ static __always_inline int stord_csv_main(struct xdp_md *ctx)
 	stord_csv.acc = w.acc;
 	stord_csv.nst = w.nst;
 	stord_csv.col = w.column;
-	stord_csv.fl = w.fl ^ STORD_CSV_NPQ;
+	stord_csv.fl = (w.fl ^ STORD_CSV_NPQ) | (w.start ? STORD_CSV_SEEN : 0);
 	if (ch.last)
 		stord_csv_flush();
 	return STORD_SKIP;
