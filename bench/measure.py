@@ -103,22 +103,6 @@ def round_ratios(ref: Throughput, other: Throughput) -> list[float]:
     return [a / b for a, b in zip(ref.times, other.times, strict=False) if a and b]
 
 
-def time_runs(rec: Throughput, fn: Callable[[], float], runs: int) -> Throughput:
-    """Call fn `runs` times; keep every wall time and the last value. Errors end the series."""
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        try:
-            value = fn()
-        except Exception as e:  # noqa: BLE001 - a failing competitor is reported, not fatal
-            rec.error = f"{type(e).__name__}: {e}".splitlines()[0]
-            break
-        rec.times.append(time.perf_counter() - t0)
-        rec.value = float(value)
-    if rec.value is not None and not rec.correct and not rec.error:
-        rec.error = f"wrong result {rec.value!r}, expected {rec.expected!r}"
-    return rec
-
-
 def percentile(xs: list[float], p: float) -> float:
     """Nearest-rank percentile (p in 0..100) of a non-empty list."""
     s = sorted(xs)
