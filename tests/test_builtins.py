@@ -344,6 +344,41 @@ def test_values_at_the_int64_bound(scale: int) -> None:
             assert got[k] == want[k], (field, k)
 
 
+# Numbers of up to ~70 characters: past the 19 digits the scanner takes without a test, with
+# leading zeros, long fractions (truncated past the scale), signs, at every scale.
+LONG_NUMBER = st.builds(
+    lambda sign, zeros, digits, dot, frac: sign + "0" * zeros + digits + ("." + frac if dot else ""),
+    st.sampled_from(["", "-", "+"]), st.integers(0, 25), st.text("0123456789", max_size=22),
+    st.booleans(), st.text("0123456789", max_size=25))
+
+
+@SETTINGS
+@given(fields=st.lists(LONG_NUMBER, min_size=1, max_size=4), scale=st.integers(0, 18),
+       chunk=st.integers(1, 9))
+def test_long_numbers_match_the_oracle(fields: list[str], scale: int, chunk: int) -> None:
+    prog, _ = resolve("stats", {"column": 0, "scale": scale})
+    for field in fields:   # one per file: a sum of several could overflow on its own
+        data = f"{field}\n".encode()
+        want = oracle.stats(data, 0, scale=scale)
+        got = run(prog, data, chunk=chunk)
+        for k in ("count", "sum", "skipped", "overflow", "empty"):
+            assert got[k] == want[k], (field, k)
+
+
+def test_thousands_of_leading_zeros() -> None:
+    # more zeros than the scanner's digit counter could count: they must count for nothing
+    fields = ["0" * 5000 + "12.5", "-" + "0" * 4100 + "7", "0." + "0" * 5000 + "1",
+              "0" * 4095 + "." + "0" * 4095 + "9", "+" + "0" * 9000]
+    for scale in (0, 4, 18):
+        prog, _ = resolve("stats", {"column": 0, "scale": scale})
+        for field in fields:
+            data = f"{field}\n".encode()
+            want = oracle.stats(data, 0, scale=scale)
+            got = run(prog, data, chunk=1000)
+            for k in ("count", "sum", "skipped", "overflow"):
+                assert got[k] == want[k], (field[:8], scale, k)
+
+
 def test_groupby_full_map_is_reported() -> None:
     prog, fin = resolve("groupby", {"key": 0})
     n = 4096 + 3

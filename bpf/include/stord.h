@@ -133,14 +133,22 @@ static __always_inline int stord_byte(struct xdp_md *ctx, __u32 idx, __u32 len)
  * "[+-]digits[.digits]" (either digit run may be empty, not both) becomes value * 10^scale
  * in an __s64; digits beyond the scale are dropped (truncation toward zero, like the C
  * baseline in bench/). No floating point.
- * Feed the field's bytes one by one, then stord_num_end(). */
-#define STORD_NUM_ANY 0x01u /* some byte seen */
+ * Feed the field's bytes one by one from a zeroed state, then stord_num_end().
+ *
+ * The first 19 digits, integer or fraction, go into the accumulator with no test but their
+ * count (10^19 - 1 fits a __u64): the state word counts them (STORD_NUM_ND) and records the
+ * count at the dot (STORD_NUM_AT_DOT), so a digit costs a compare and an add. The end then
+ * divides away fraction digits past the scale. Past 19 digits each digit takes the exact
+ * path: truncated once the fraction has `scale` digits, else checked for overflow. */
+#define STORD_NUM_PLUS 0x01u /* a '+' sign */
 #define STORD_NUM_NEG 0x02u
-#define STORD_NUM_DIG 0x04u
+#define STORD_NUM_DIG 0x04u  /* a digit took the exact path (maybe not accumulated) */
 #define STORD_NUM_DOT 0x08u
 #define STORD_NUM_BAD 0x10u
-#define STORD_NUM_OVF 0x40u /* too many integer digits for an __s64 */
-#define STORD_NUM_FD 0x100u /* fraction digits counted from bit 8 */
+#define STORD_NUM_OVF 0x40u  /* too many integer digits for an __s64 */
+#define STORD_NUM_AT_DOT 0x100u  /* bits 8..19: the digit count at the dot */
+#define STORD_NUM_ND 0x100000u   /* bits 20..31: digits accumulated */
+#define STORD_NUM_FAST 19u       /* digits that fit a __u64 with no test */
 #define STORD_MAX_SCALE 18
 
 /* Results of stord_num_end. */
@@ -153,11 +161,11 @@ static __always_inline int stord_byte(struct xdp_md *ctx, __u32 idx, __u32 len)
  * scale. (S64_MAX's own bound would call 9223372036854775800..807 too large.) */
 #define STORD_ACC_LIMIT 1844674407370955160ULL
 
-static const __u64 stord_pow10[STORD_MAX_SCALE + 1] = {
+static const __u64 stord_pow10[STORD_NUM_FAST + 1] = {
 	1ULL, 10ULL, 100ULL, 1000ULL, 10000ULL, 100000ULL, 1000000ULL, 10000000ULL,
 	100000000ULL, 1000000000ULL, 10000000000ULL, 100000000000ULL, 1000000000000ULL,
 	10000000000000ULL, 100000000000000ULL, 1000000000000000ULL, 10000000000000000ULL,
-	100000000000000000ULL, 1000000000000000000ULL,
+	100000000000000000ULL, 1000000000000000000ULL, 10000000000000000000ULL,
 };
 
 /* S64_MAX / 10^k: the largest magnitude that still fits once scaled by 10^k (a table, so
@@ -169,31 +177,50 @@ static const __u64 stord_num_limit[STORD_MAX_SCALE + 1] = {
 	92ULL, 9ULL,
 };
 
+/* The fraction digits of the number being ended (see stord_num_end). */
+__u32 stord_num_fd STORD_SCRATCH;
+
+/* Digits past the first 19: exact (rare; out of line in spirit). */
+static __always_inline void stord_num_digit_slow(__u64 *acc, __u32 *s, __u32 d, __u32 scale)
+{
+	__u32 nd = *s / STORD_NUM_ND;
+
+	*s |= STORD_NUM_DIG;
+	if (*s & STORD_NUM_DOT) {
+		if (nd - ((*s / STORD_NUM_AT_DOT) & 0xfff) >= scale)
+			return; /* past the scale: truncated */
+	} else if (*acc == 0 && d == 0) {
+		return; /* a leading zero: counts for nothing */
+	}
+	if (*s & STORD_NUM_OVF)
+		return;
+	if (*acc > STORD_ACC_LIMIT) {
+		*s |= STORD_NUM_OVF;
+		return;
+	}
+	*acc = *acc * 10 + d;
+	*s += STORD_NUM_ND;
+}
+
 static __always_inline void stord_num_feed(__u64 *acc, __u32 *st, __u8 c, __u32 scale)
 {
-	__u32 s = *st | STORD_NUM_ANY;
+	__u32 s = *st;
 	__u32 d = (__u32)c - '0';
 
 	if (d < 10) {
-		s |= STORD_NUM_DIG;
-		if (s & STORD_NUM_DOT) {
-			__u32 fd = s >> 8;
-
-			if (fd >= scale) { /* past the scale: truncated */
-				*st = s;
-				return;
-			}
-			s += STORD_NUM_FD;
-		}
-		if (*acc > STORD_ACC_LIMIT)
-			s |= STORD_NUM_OVF;
-		else
+		if (s < STORD_NUM_FAST * STORD_NUM_ND) {
+			s += STORD_NUM_ND;
 			*acc = *acc * 10 + d;
+		} else {
+			stord_num_digit_slow(acc, &s, d, scale);
+		}
 	} else if (c == '.') {
-		s |= (s & STORD_NUM_DOT) ? STORD_NUM_BAD : STORD_NUM_DOT;
-	} else if ((c == '-' || c == '+') && !(*st & STORD_NUM_ANY)) {
-		if (c == '-')
-			s |= STORD_NUM_NEG;
+		if (s & STORD_NUM_DOT)
+			s |= STORD_NUM_BAD;
+		else
+			s |= STORD_NUM_DOT | (s / STORD_NUM_ND) * STORD_NUM_AT_DOT;
+	} else if ((c == '-' || c == '+') && s == 0) {
+		s = c == '-' ? STORD_NUM_NEG : STORD_NUM_PLUS;
 	} else {
 		s |= STORD_NUM_BAD;
 	}
@@ -202,18 +229,29 @@ static __always_inline void stord_num_feed(__u64 *acc, __u32 *st, __u8 c, __u32 
 
 static __always_inline int stord_num_end(__u64 acc, __u32 st, __u32 scale, __s64 *out)
 {
-	__u32 fd = st >> 8, k;
+	__u32 nd = st / STORD_NUM_ND, fd = 0, k;
 
-	if (!(st & STORD_NUM_ANY))
+	if (st == 0)
 		return STORD_NUM_EMPTY;
-	if ((st & STORD_NUM_BAD) || !(st & STORD_NUM_DIG))
+	if ((st & STORD_NUM_BAD) || (nd == 0 && !(st & STORD_NUM_DIG)))
 		return STORD_NUM_INVALID;
 	if (st & STORD_NUM_OVF)
 		return STORD_NUM_OVERFLOW;
 	if (scale > STORD_MAX_SCALE)
 		scale = STORD_MAX_SCALE;
-	if (fd > scale)
+	if (st & STORD_NUM_DOT)
+		fd = nd - ((st / STORD_NUM_AT_DOT) & 0xfff);
+	/* through memory: the tables' index must not tie the state word's value to the
+	 * kernel verifier's state (it would tell apart every digit count and not converge) */
+	stord_num_fd = fd;
+	fd = *(volatile __u32 *)&stord_num_fd;
+	if (fd > scale) { /* fraction digits past the scale: truncated */
+		k = fd - scale;
+		if (k > STORD_NUM_FAST) /* never: only the first 19 digits pass unchecked */
+			return STORD_NUM_OVERFLOW;
+		acc /= stord_pow10[k];
 		fd = scale;
+	}
 	k = scale - fd;
 	if (k > STORD_MAX_SCALE)
 		return STORD_NUM_OVERFLOW;
