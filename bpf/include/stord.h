@@ -177,7 +177,7 @@ static const __u64 stord_num_limit[STORD_MAX_SCALE + 1] = {
 	92ULL, 9ULL,
 };
 
-/* The fraction digits of the number being ended (see stord_num_end). */
+/* stord_num_end's values passed through memory (see there). */
 __u32 stord_num_fd STORD_SCRATCH;
 
 /* Digits past the first 19: exact (rare; out of line in spirit). */
@@ -231,12 +231,6 @@ static __always_inline int stord_num_end(__u64 acc, __u32 st, __u32 scale, __s64
 {
 	__u32 nd = st / STORD_NUM_ND, fd = 0, k;
 
-	if (st == 0)
-		return STORD_NUM_EMPTY;
-	if ((st & STORD_NUM_BAD) || (nd == 0 && !(st & STORD_NUM_DIG)))
-		return STORD_NUM_INVALID;
-	if (st & STORD_NUM_OVF)
-		return STORD_NUM_OVERFLOW;
 	if (scale > STORD_MAX_SCALE)
 		scale = STORD_MAX_SCALE;
 	if (st & STORD_NUM_DOT)
@@ -245,12 +239,26 @@ static __always_inline int stord_num_end(__u64 acc, __u32 st, __u32 scale, __s64
 	 * kernel verifier's state (it would tell apart every digit count and not converge) */
 	stord_num_fd = fd;
 	fd = *(volatile __u32 *)&stord_num_fd;
-	if (fd > scale) { /* fraction digits past the scale: truncated */
-		k = fd - scale;
-		if (k > STORD_NUM_FAST) /* never: only the first 19 digits pass unchecked */
+	/* the usual number (digits, nothing bad, no fraction digits past the scale) first */
+	if ((st & (STORD_NUM_BAD | STORD_NUM_OVF)) || st < STORD_NUM_ND || fd > scale) {
+		/* the tests above must not decide those below for the verifier (a decided
+		 * branch ties its register's value to the state, see stord_num_fd) */
+		stord_num_fd = st;
+		st = *(volatile __u32 *)&stord_num_fd;
+		nd = st / STORD_NUM_ND;
+		if (st == 0)
+			return STORD_NUM_EMPTY;
+		if ((st & STORD_NUM_BAD) || (nd == 0 && !(st & STORD_NUM_DIG)))
+			return STORD_NUM_INVALID;
+		if (st & STORD_NUM_OVF)
 			return STORD_NUM_OVERFLOW;
-		acc /= stord_pow10[k];
-		fd = scale;
+		if (fd > scale) { /* fraction digits past the scale: truncated */
+			k = fd - scale;
+			if (k > STORD_NUM_FAST) /* never: only 19 digits pass unchecked */
+				return STORD_NUM_OVERFLOW;
+			acc /= stord_pow10[k];
+			fd = scale;
+		}
 	}
 	k = scale - fd;
 	if (k > STORD_MAX_SCALE)
@@ -506,19 +514,14 @@ static __always_inline void stord_add(__s64 *sum, __s64 v)
 /* Folds the record's number status into skipped/empty/overflow; 1 when num is valid. */
 static __always_inline int stord_csv_num_ok(const struct stord_record *r)
 {
-	switch (r->num_status) {
-	case STORD_NUM_OK:
+	__u32 st = r->num_status;
+
+	if (st == STORD_NUM_OK) /* one compare on the usual path (no switch) */
 		return 1;
-	case STORD_NUM_EMPTY:
-		empty++;
-		return 0;
-	case STORD_NUM_OVERFLOW:
-		overflow++;
-		return 0;
-	default:
-		skipped++;
-		return 0;
-	}
+	empty += st == STORD_NUM_EMPTY;
+	overflow += st == STORD_NUM_OVERFLOW;
+	skipped += st == STORD_NUM_INVALID;
+	return 0;
 }
 
 #endif /* STORD_CSV */
