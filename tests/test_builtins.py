@@ -379,6 +379,20 @@ def test_thousands_of_leading_zeros() -> None:
                 assert got[k] == want[k], (field[:8], scale, k)
 
 
+def test_sum_and_avg_do_not_keep_min_max() -> None:
+    # sum and avg run stats with minmax=0: the same rows, count and sum, min/max untouched
+    data = b"1.5\n-2\n3.25\nx\n\n7\n"
+    prog, fin = resolve("stats", {"column": 0})
+    full = run(prog, data)
+    for name in ("sum", "avg"):
+        p, f = resolve(name, {"column": 0})
+        got = run(p, data)
+        assert (got["min"], got["max"]) == (2**63 - 1, -2**63)
+        for k in ("rows", "count", "sum", "skipped", "empty"):
+            assert got[k] == full[k], (name, k)
+        assert f(got) == fin(full)[name]
+
+
 def test_groupby_full_map_is_reported() -> None:
     prog, fin = resolve("groupby", {"key": 0})
     n = 4096 + 3

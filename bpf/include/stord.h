@@ -382,26 +382,25 @@ struct stord_csv_walk {
 
 /* The per-byte state machine (RFC 4180): a quote toggles the quoted state, a doubled quote
  * inside a quoted field is a literal quote, delimiter and LF end fields and records only
- * outside quotes, CR outside quotes is dropped. */
-static long stord_csv_byte(__u32 idx, void *arg)
+ * outside quotes, CR outside quotes is dropped. `wanted`: whether the scanner reads the
+ * current column (a constant in each of the two copies stord_csv_byte makes).
+ * Shaped for the jit, which lays a branch's fall-through out as the hot path: an ordinary
+ * byte of a column nobody reads takes no branch and changes no state (a blank line is told
+ * by position, and the quote flags matter only in read columns), and a delimiter is
+ * compared once. */
+static __always_inline long stord_csv_byte_in(__u32 idx, struct stord_csv_walk *w, __u32 c,
+					      __u32 fl, int wanted)
 {
-	struct stord_csv_walk *w = arg;
-	__u32 c = stord_buf[idx & (STORD_WINDOW - 1)], fl = w->fl;
-
-	/* Shaped for the jit, which lays a branch's fall-through out as the hot path: an
-	 * ordinary byte of a column nobody reads takes no branch and changes no state (a blank
-	 * line is told by position, and the quote flags matter only in read columns), and a
-	 * delimiter is compared once. */
 	if (c != delim) {
 		if (c > '"') { /* ordinary in a quoted field, or the first of a record */
-			if (stord_csv_wanted(w->column)) {
+			if (wanted) {
 				w->fl = fl | STORD_CSV_NPQ;
 				stord_csv_content(c, w->column, &w->acc, &w->nst);
 			}
 			return 0;
 		}
 		if (c == '"') {
-			if (!stord_csv_wanted(w->column)) {
+			if (!wanted) {
 				/* only the field's end matters: "" toggles twice, which leaves the
 				 * same quoted state as a literal quote does */
 				w->fl = fl ^ STORD_CSV_INQ;
@@ -416,7 +415,8 @@ static long stord_csv_byte(__u32 idx, void *arg)
 		}
 		if (!(fl & STORD_CSV_INQ)) {
 			if (c == '\n') {
-				stord_csv_field_end(w->column, w->acc, w->nst);
+				if (wanted)
+					stord_csv_field_end(w->column, w->acc, w->nst);
 				stord_csv_record_end(w->column == 0 && idx == w->start);
 				w->column = stord_zero;
 				w->fl = stord_zero | STORD_CSV_NPQ;
@@ -432,7 +432,8 @@ static long stord_csv_byte(__u32 idx, void *arg)
 			}
 		}
 	} else if (!(fl & STORD_CSV_INQ)) {
-		stord_csv_field_end(w->column, w->acc, w->nst);
+		if (wanted)
+			stord_csv_field_end(w->column, w->acc, w->nst);
 		w->column++;
 		w->fl = stord_zero | STORD_CSV_NPQ;
 		w->acc = stord_zero;
@@ -440,11 +441,28 @@ static long stord_csv_byte(__u32 idx, void *arg)
 		return 0;
 	}
 	/* a control byte, or CR, LF or the delimiter inside quotes: content */
-	if (stord_csv_wanted(w->column)) {
+	if (wanted) {
 		w->fl = fl | STORD_CSV_NPQ;
 		stord_csv_content(c, w->column, &w->acc, &w->nst);
 	}
 	return 0;
+}
+
+static long stord_csv_byte(__u32 idx, void *arg)
+{
+	struct stord_csv_walk *w = arg;
+	__u32 c = stord_buf[idx & (STORD_WINDOW - 1)], fl = w->fl;
+
+	if (!stord_csv_wanted(w->column))
+		return stord_csv_byte_in(idx, w, c, fl, 0);
+	/* a digit of a read column (the usual byte of a number column) skips the delimiter
+	 * and quote tests, unless the delimiter is a digit (folded per program) */
+	if ((__u8)(delim - '0') >= 10 && c - '0' < 10) {
+		w->fl = fl | STORD_CSV_NPQ;
+		stord_csv_content(c, w->column, &w->acc, &w->nst);
+		return 0;
+	}
+	return stord_csv_byte_in(idx, w, c, fl, 1);
 }
 
 /* One window of the chunk: load it, then the byte callback over its bytes. */

@@ -144,6 +144,11 @@ def _stats_params(p: dict[str, Any], header: list[str] | None) -> dict[str, Any]
     return _csv(p, header, column=True)
 
 
+def _sum_params(p: dict[str, Any], header: list[str] | None) -> dict[str, Any]:
+    """sum and avg: stats without min and max (two compares per record fewer)."""
+    return dict(_stats_params(p, header), minmax=0)
+
+
 def _count_params(p: dict[str, Any], header: list[str] | None) -> dict[str, Any]:
     given = [p.get(k) is not None for k in ("column", "op", "value")]
     if any(given) and not all(given):
@@ -279,8 +284,8 @@ _STATS_KEYS = frozenset(CSV_KEYS)
 BUILTINS: dict[str, Builtin] = {
     "count": Builtin("count", frozenset(CSV_KEYS | {"op", "value"}), _count_params,
                      _finish_count, "records, or records where column OP value"),
-    "sum": Builtin("stats", _STATS_KEYS, _stats_params, _one("sum"), "sum of a column"),
-    "avg": Builtin("stats", _STATS_KEYS, _stats_params, _one("avg"), "average of a column"),
+    "sum": Builtin("stats", _STATS_KEYS, _sum_params, _one("sum"), "sum of a column"),
+    "avg": Builtin("stats", _STATS_KEYS, _sum_params, _one("avg"), "average of a column"),
     "min": Builtin("stats", _STATS_KEYS, _stats_params, _one("min"), "minimum of a column"),
     "max": Builtin("stats", _STATS_KEYS, _stats_params, _one("max"), "maximum of a column"),
     "stats": Builtin("stats", _STATS_KEYS, _stats_params, _finish_stats,

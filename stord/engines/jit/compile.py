@@ -79,6 +79,12 @@ def target_machine() -> llvm.TargetMachine:
     if _machine is None:
         llvm.initialize_native_target()
         llvm.initialize_native_asmprinter()
+        # Innermost loops (a program's per-byte bpf_loop) start on a 64-byte line: where
+        # the x86 back end's default 16 bytes left the byte loop across a line, the same
+        # code ran 15-25% slower (measured on this EPYC, A/B in one process); with 64 its
+        # speed no longer depends on the size of the code before it. An unknown option
+        # (another LLVM) is ignored.
+        llvm.set_option("stord", "-x86-experimental-pref-innermost-loop-alignment=6")
         target = llvm.Target.from_default_triple()
         _machine = target.create_target_machine(
             cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(),
