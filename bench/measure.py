@@ -98,6 +98,37 @@ def interleave(contenders: list[Contender], runs: int) -> list[Throughput]:
     return [c.rec for c in contenders]
 
 
+def balanced(contenders: list[Contender], runs: int) -> list[Throughput]:
+    """Tight alternation of a few contenders: each round runs them in order, then in
+    reverse (A B C C B A), and a record's times[i] is its two runs of round i added. A
+    change of the machine's speed that is linear over a round then weighs on every side
+    alike, and the rounds are short (a few of the fastest runs), so per-round ratios are
+    far less noisy than those of the round-robin over every competitor."""
+    recs = [Throughput(c.rec.name, c.rec.nbytes, expected=c.rec.expected) for c in contenders]
+    try:
+        for _ in range(runs):
+            got: dict[int, float] = {}
+            for i in list(range(len(contenders))) + list(reversed(range(len(contenders)))):
+                c, rec = contenders[i], recs[i]
+                if c.rec.error or rec.error or c.once is None:
+                    rec.error = rec.error or c.rec.error or "no run"
+                    continue
+                try:
+                    t, value = c.once()
+                except Exception as e:  # noqa: BLE001 - reported, like interleave's
+                    rec.error = f"{type(e).__name__}: {e}".splitlines()[0]
+                    continue
+                got[i] = got.get(i, 0.0) + t
+                rec.value = float(value)
+            for i, t in got.items():
+                recs[i].times.append(t)
+    finally:
+        for c in contenders:
+            if c.close is not None:
+                c.close()
+    return recs
+
+
 def round_ratios(ref: Throughput, other: Throughput) -> list[float]:
     """ref time / other time per round of an interleaved run (> 1: other is faster)."""
     return [a / b for a, b in zip(ref.times, other.times, strict=False) if a and b]

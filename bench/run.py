@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import chart, competitors, datagen, machine, report
-from bench.measure import interleave, round_ratios
+from bench.measure import balanced, interleave, round_ratios
 
 HERE = Path(__file__).resolve().parent
 SECTIONS = ("throughput", "jit", "pushdown", "latency")
@@ -38,6 +38,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--rounds", type=int, default=11,
                     help="rounds of the round-robin comparison of the C baselines, stord jit, "
                          "DuckDB and pandas: one run each per round (default 11)")
+    ap.add_argument("--pairs", type=int, default=15,
+                    help="balanced rounds (C, C same job, jit, then reversed) after the "
+                         "round-robin, for the jit-vs-C ratio (default 15; 0: none)")
     ap.add_argument("--slow-budget-s", type=float, default=30,
                     help="stop repeating a slow figure after this many seconds (>= 1 run)")
     ap.add_argument("--rates", default="1gbit,100mbit",
@@ -106,6 +109,14 @@ def throughput(args: argparse.Namespace, ds: datagen.Dataset, small: datagen.Dat
     res["rounds"] = {"jit_vs_c": round_ratios(c_naive, jit),
                      "jit_vs_c_same_job": round_ratios(c_same, jit),
                      "jit_vs_duckdb_1_thread": round_ratios(others[0], jit)}
+    if args.pairs:
+        # the jit against the C loops alone, in short balanced rounds: the least noisy ratio
+        b_naive, b_same, b_jit = balanced(
+            [competitors.c_baseline_contender(ds), competitors.c_same_job_contender(ds),
+             engines.stord_contender(ds, "jit")], args.pairs)
+        res["balanced"] = {"jit_vs_c": round_ratios(b_naive, b_jit),
+                           "jit_vs_c_same_job": round_ratios(b_same, b_jit),
+                           "errors": [r.error for r in (b_naive, b_same, b_jit) if r.error]}
     add(competitors.csv_module_avg(ds, min(runs, 3)))
 
 

@@ -305,6 +305,35 @@ def test_interleaved_contenders_run_round_robin(tmp_path: Path) -> None:
     assert fine.ok and len(fine.times) == 2
 
 
+def test_balanced_rounds_run_forward_then_back(tmp_path: Path) -> None:
+    from bench import engines
+    from bench.measure import balanced
+
+    ds = datagen.generate(tmp_path / "b.csv", 30_000, seed=4)
+    order: list[str] = []
+    runs: dict[str, list[float]] = {}
+    cs = [competitors.c_baseline_contender(ds), engines.stord_contender(ds, "jit")]
+    for c in cs:   # note who ran when, and each run's own time
+        def once(name=c.rec.name, f=c.once):
+            t, v = f()
+            order.append(name)
+            runs.setdefault(name, []).append(t)
+            return t, v
+        c.once = once
+    c_rec, jit = balanced(cs, 2)
+    names = [c.rec.name for c in cs]
+    assert order == (names + names[::-1]) * 2
+    # a round's time is the sum of the contender's two runs in it
+    for rec in (c_rec, jit):
+        r = runs[rec.name]
+        assert rec.ok and rec.times == pytest.approx([r[0] + r[1], r[2] + r[3]])
+    bad = datagen.Dataset(**{**vars(ds), "sum_cents": ds.sum_cents + 1})
+    broken, fine = balanced([competitors.c_baseline_contender(bad),
+                             competitors.c_same_job_contender(ds)], 2)
+    assert "baseline counted" in broken.error and not broken.times
+    assert fine.ok and len(fine.times) == 2
+
+
 def _can_make_netns() -> str | None:
     if os.geteuid() != 0:
         return "network namespaces need root (CAP_NET_ADMIN)"
