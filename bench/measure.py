@@ -70,14 +70,15 @@ def timed(fn: Callable[[], float]) -> Callable[[], tuple[float, float]]:
     return once
 
 
-def interleave(contenders: list[Contender], runs: int) -> list[Throughput]:
-    """Run each contender once per round, `runs` rounds. Round-robin rather than one's runs
-    in a row: the shared machine's speed changes within minutes, and a slow spell then hits
-    every side of a ratio instead of one. times[i] of each record is from round i (a
-    contender that fails stops there and keeps its error)."""
+def _rounds(contenders: list[Contender], runs: int, order: list[int]) -> list[Throughput]:
+    """`runs` rounds, each running contenders[k] for k in `order`; a record's times[i] is the
+    sum of its runs in round i. A contender that fails stops there and keeps its error (and
+    no time for that round); a wrong answer becomes its error at the end."""
     try:
         for _ in range(runs):
-            for c in contenders:
+            got: dict[int, float] = {}
+            for k in order:
+                c = contenders[k]
                 if c.rec.error or c.once is None:
                     continue
                 try:
@@ -85,8 +86,11 @@ def interleave(contenders: list[Contender], runs: int) -> list[Throughput]:
                 except Exception as e:  # noqa: BLE001 - a failing competitor is reported
                     c.rec.error = f"{type(e).__name__}: {e}".splitlines()[0]
                     continue
-                c.rec.times.append(t)
+                got[k] = got.get(k, 0.0) + t
                 c.rec.value = float(value)
+            for k, t in got.items():
+                if not contenders[k].rec.error:
+                    contenders[k].rec.times.append(t)
     finally:
         for c in contenders:
             if c.close is not None:
@@ -98,35 +102,21 @@ def interleave(contenders: list[Contender], runs: int) -> list[Throughput]:
     return [c.rec for c in contenders]
 
 
+def interleave(contenders: list[Contender], runs: int) -> list[Throughput]:
+    """Run each contender once per round, `runs` rounds. Round-robin rather than one's runs
+    in a row: the shared machine's speed changes within minutes, and a slow spell then hits
+    every side of a ratio instead of one. times[i] of each record is from round i."""
+    return _rounds(contenders, runs, list(range(len(contenders))))
+
+
 def balanced(contenders: list[Contender], runs: int) -> list[Throughput]:
     """Tight alternation of a few contenders: each round runs them in order, then in
     reverse (A B C C B A), and a record's times[i] is its two runs of round i added. A
     change of the machine's speed that is linear over a round then weighs on every side
     alike, and the rounds are short (a few of the fastest runs), so per-round ratios are
     far less noisy than those of the round-robin over every competitor."""
-    recs = [Throughput(c.rec.name, c.rec.nbytes, expected=c.rec.expected) for c in contenders]
-    try:
-        for _ in range(runs):
-            got: dict[int, float] = {}
-            for i in list(range(len(contenders))) + list(reversed(range(len(contenders)))):
-                c, rec = contenders[i], recs[i]
-                if c.rec.error or rec.error or c.once is None:
-                    rec.error = rec.error or c.rec.error or "no run"
-                    continue
-                try:
-                    t, value = c.once()
-                except Exception as e:  # noqa: BLE001 - reported, like interleave's
-                    rec.error = f"{type(e).__name__}: {e}".splitlines()[0]
-                    continue
-                got[i] = got.get(i, 0.0) + t
-                rec.value = float(value)
-            for i, t in got.items():
-                recs[i].times.append(t)
-    finally:
-        for c in contenders:
-            if c.close is not None:
-                c.close()
-    return recs
+    n = len(contenders)
+    return _rounds(contenders, runs, list(range(n)) + list(reversed(range(n))))
 
 
 def round_ratios(ref: Throughput, other: Throughput) -> list[float]:
