@@ -327,6 +327,18 @@ def test_value_too_large_for_the_scale_is_overflow_not_skipped() -> None:
         fin(state)
 
 
+def assert_values_like_the_oracle(fields: list[str], scale: int, chunk: int = 4096) -> None:
+    """Each field alone in a file (a sum of several could overflow on its own): stats's
+    count, sum, skipped, overflow and empty equal the oracle's."""
+    prog, _ = resolve("stats", {"column": 0, "scale": scale})
+    for field in fields:
+        data = f"{field}\n".encode()
+        want = oracle.stats(data, 0, scale=scale)
+        got = run(prog, data, chunk=chunk)
+        for k in ("count", "sum", "skipped", "overflow", "empty"):
+            assert got[k] == want[k], (field[:40], scale, k)
+
+
 @pytest.mark.parametrize("scale", [0, 1, 2, 18])
 def test_values_at_the_int64_bound(scale: int) -> None:
     # |value * 10^scale| <= S64_MAX fits, one more does not (the oracle decides which is which)
@@ -335,13 +347,7 @@ def test_values_at_the_int64_bound(scale: int) -> None:
               "92233720368547758.07", "-92233720368547758.08", "18446744073709551615",
               "18446744073709551616", "0000000000000000000000000000042", "9.223372036854775807",
               "0.9223372036854775807", "1844674407370955160", "18446744073709551609"]
-    prog, fin = resolve("stats", {"column": 0, "scale": scale})
-    for field in fields:
-        data = f"{field}\n".encode()
-        want = oracle.stats(data, 0, scale=scale)
-        got = run(prog, data)
-        for k in ("count", "sum", "skipped", "overflow"):
-            assert got[k] == want[k], (field, k)
+    assert_values_like_the_oracle(fields, scale)
 
 
 # Numbers of up to ~70 characters: past the 19 digits the scanner takes without a test, with
@@ -356,13 +362,7 @@ LONG_NUMBER = st.builds(
 @given(fields=st.lists(LONG_NUMBER, min_size=1, max_size=4), scale=st.integers(0, 18),
        chunk=st.integers(1, 9))
 def test_long_numbers_match_the_oracle(fields: list[str], scale: int, chunk: int) -> None:
-    prog, _ = resolve("stats", {"column": 0, "scale": scale})
-    for field in fields:   # one per file: a sum of several could overflow on its own
-        data = f"{field}\n".encode()
-        want = oracle.stats(data, 0, scale=scale)
-        got = run(prog, data, chunk=chunk)
-        for k in ("count", "sum", "skipped", "overflow", "empty"):
-            assert got[k] == want[k], (field, k)
+    assert_values_like_the_oracle(fields, scale, chunk)
 
 
 def test_thousands_of_leading_zeros() -> None:
@@ -370,13 +370,7 @@ def test_thousands_of_leading_zeros() -> None:
     fields = ["0" * 5000 + "12.5", "-" + "0" * 4100 + "7", "0." + "0" * 5000 + "1",
               "0" * 4095 + "." + "0" * 4095 + "9", "+" + "0" * 9000]
     for scale in (0, 4, 18):
-        prog, _ = resolve("stats", {"column": 0, "scale": scale})
-        for field in fields:
-            data = f"{field}\n".encode()
-            want = oracle.stats(data, 0, scale=scale)
-            got = run(prog, data, chunk=1000)
-            for k in ("count", "sum", "skipped", "overflow"):
-                assert got[k] == want[k], (field[:8], scale, k)
+        assert_values_like_the_oracle(fields, scale, chunk=1000)
 
 
 def test_sum_and_avg_do_not_keep_min_max() -> None:
