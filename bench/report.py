@@ -73,6 +73,14 @@ def throughput_table(res: dict[str, Any]) -> str:
                    "vs C same job (median)", "result"], rows)
 
 
+def _spread(xs: list[float], quartiles: bool) -> str:
+    """How per-round ratios spread: their range, after their middle half if asked."""
+    rng = f"range {_ratio(min(xs))}-{_ratio(max(xs))}"
+    if not quartiles:
+        return rng
+    return f"middle half {_ratio(percentile(xs, 25))}-{_ratio(percentile(xs, 75))}, {rng}"
+
+
 def jit_vs_c(res: dict[str, Any]) -> str:
     """One line: stord jit against both C baselines (which is which spelled out)."""
     jit = next((t for t in res["throughput"] if t["name"] == "stord jit" and t["ok"]), None)
@@ -87,7 +95,7 @@ def jit_vs_c(res: dict[str, Any]) -> str:
             parts.append(f"{_ratio(best)} (median {_ratio(med)}) {label}")
     line = ("stord jit, in MB/s: " + "; ".join(parts) + ".") if parts else ""
     rounds = res.get("rounds") or {}
-    per = [f"{label} {_ratio(statistics.median(xs))} (range {_ratio(min(xs))}-{_ratio(max(xs))})"
+    per = [f"{label} {_ratio(statistics.median(xs))} ({_spread(xs, quartiles=False)})"
            for key, label in (("jit_vs_c", "naive C"), ("jit_vs_c_same_job", "same-job C"),
                               ("jit_vs_duckdb_1_thread", "DuckDB 1 thread"))
            if (xs := rounds.get(key))]
@@ -96,8 +104,7 @@ def jit_vs_c(res: dict[str, Any]) -> str:
                  "rounds, so each ratio compares runs a few seconds apart), the median of the "
                  "per-round speed ratio of the jit to: " + "; ".join(per) + ".")
     bal = res.get("balanced") or {}
-    per = [f"{label} {_ratio(statistics.median(xs))} (middle half {_ratio(percentile(xs, 25))}"
-           f"-{_ratio(percentile(xs, 75))}, range {_ratio(min(xs))}-{_ratio(max(xs))})"
+    per = [f"{label} {_ratio(statistics.median(xs))} ({_spread(xs, quartiles=True)})"
            for key, label in (("jit_vs_c", "naive C"), ("jit_vs_c_same_job", "same-job C"))
            if (xs := bal.get(key))]
     if per:

@@ -380,6 +380,13 @@ struct stord_csv_walk {
 		      * be); stord_zero - 1, never an index, once it has one */
 };
 
+/* A byte of a read column that is content: not a quote, so the next quote is not doubled. */
+static __always_inline void stord_csv_read_byte(struct stord_csv_walk *w, __u32 c, __u32 fl)
+{
+	w->fl = fl | STORD_CSV_NPQ;
+	stord_csv_content(c, w->column, &w->acc, &w->nst);
+}
+
 /* The per-byte state machine (RFC 4180): a quote toggles the quoted state, a doubled quote
  * inside a quoted field is a literal quote, delimiter and LF end fields and records only
  * outside quotes, CR outside quotes is dropped. `wanted`: whether the scanner reads the
@@ -393,10 +400,8 @@ static __always_inline long stord_csv_byte_in(__u32 idx, struct stord_csv_walk *
 {
 	if (c != delim) {
 		if (c > '"') { /* ordinary in a quoted field, or the first of a record */
-			if (wanted) {
-				w->fl = fl | STORD_CSV_NPQ;
-				stord_csv_content(c, w->column, &w->acc, &w->nst);
-			}
+			if (wanted)
+				stord_csv_read_byte(w, c, fl);
 			return 0;
 		}
 		if (c == '"') {
@@ -441,10 +446,8 @@ static __always_inline long stord_csv_byte_in(__u32 idx, struct stord_csv_walk *
 		return 0;
 	}
 	/* a control byte, or CR, LF or the delimiter inside quotes: content */
-	if (wanted) {
-		w->fl = fl | STORD_CSV_NPQ;
-		stord_csv_content(c, w->column, &w->acc, &w->nst);
-	}
+	if (wanted)
+		stord_csv_read_byte(w, c, fl);
 	return 0;
 }
 
@@ -458,8 +461,7 @@ static long stord_csv_byte(__u32 idx, void *arg)
 	/* a digit of a read column (the usual byte of a number column) skips the delimiter
 	 * and quote tests, unless the delimiter is a digit (folded per program) */
 	if ((__u8)(delim - '0') >= 10 && c - '0' < 10) {
-		w->fl = fl | STORD_CSV_NPQ;
-		stord_csv_content(c, w->column, &w->acc, &w->nst);
+		stord_csv_read_byte(w, c, fl);
 		return 0;
 	}
 	return stord_csv_byte_in(idx, w, c, fl, 1);
