@@ -85,7 +85,8 @@ def decode(code: bytes | memoryview) -> list[Insn]:
 
 
 def encode(insns: list[Insn]) -> bytes:
-    return b"".join(i.encode() for i in insns)
+    pack = _FMT.pack   # unrolled Insn.encode: the jit's cache key encodes every program
+    return b"".join([pack(op, src << 4 | dst, off, imm) for op, dst, src, off, imm in insns])
 
 
 def lddw_value(first: Insn, second: Insn) -> int:

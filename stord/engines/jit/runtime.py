@@ -102,8 +102,9 @@ class Runtime:
             if self.mt.is_readonly(m):
                 ok = b.and_(ok, readable_only)
             if i in self.mt.rodata:
-                g = self.mt.rodata[i]
-                region(ok, lambda g=g, off=off: b.gep(g, [off], source_etype=I8))
+                fn_i = self.mt.rodata[i]
+                region(ok, lambda fn_i=fn_i, off=off: b.gep(b.call(fn_i, [env]), [off],
+                                                             source_etype=I8))
             else:
                 def host(i: int = i, off: ir.Value = off) -> ir.Value:
                     maps = field(L.MAPS, PTR)

@@ -10,9 +10,11 @@ runtime.xlate, which tries every region. A failed check calls a cold `fault` fun
 records pc and address in the Env block (layout.py), sets the status and returns, so errors
 come back through memory, never by crashing. The budget and status live in a local of
 stord_entry (`ctl`) so that, with the subprograms inlined, they are registers.
-.rodata is a constant global holding the parameter values, so reading a parameter folds;
-or (const_params=False: the first tier's code, shared by every parameter set) it is read
-from the instance's copy like any other map.
+.rodata is reached through one small accessor per map (rodata_items): in the module text
+as translated (the first tier's code, shared by every parameter set) it loads the instance's
+copy like any other map; compile.build_ir swaps in the accessor that returns a constant
+global holding the parameter values, so after inlining (O2) reading a parameter folds. One
+translation serves both tiers.
 
 Arithmetic follows RFC 9669 with no LLVM undefined behaviour: divisors are replaced before
 udiv/sdiv (x/0 = 0, x%0 = x, INT_MIN/-1 = INT_MIN, INT_MIN%-1 = 0), shift amounts are
@@ -280,12 +282,10 @@ def _reaches(f: int, calls: dict[int, list[int]]) -> set[int]:
 class ModuleTranslator:
     """Builds the LLVM module of one program for one helper set."""
 
-    def __init__(self, prog: Program, helpers: str = "linux", chunk: bool = False,
-                 const_params: bool = True) -> None:
+    def __init__(self, prog: Program, helpers: str = "linux", chunk: bool = False) -> None:
         """`chunk`: the code will only run chunks (run_chunk), so r1 of the entry is the
         context and the context's fields are known (DATA_BASE, META_BASE...): loads of them
-        fold and the program's pointers to meta and data become constants.
-        `const_params`: .rodata as constants (see rodata_line), else read from memory."""
+        fold and the program's pointers to meta and data become constants."""
         if helpers not in base.HELPER_SETS:
             raise CompileError(f"unknown helper set {helpers!r}")
         self.prog = prog
@@ -311,18 +311,11 @@ class ModuleTranslator:
             i + ins.imm + 1 == 0 for i, ins in enumerate(self.insns)
             if (ins.op == isa.CALL_OP and ins.src == isa.PSEUDO_CALL)
             or (ins.op == isa.LDDW and ins.src == isa.PSEUDO_FUNC))
-        # .rodata (the parameters) as constant globals. The rest of the translation does not
-        # depend on their bytes, so a template (zeroinitializer) can be filled in later:
-        # see rodata_line() and compile.build_ir.
-        self.rodata: dict[int, ir.GlobalVariable] = {}
-        for i, m in enumerate(prog.maps):
-            if const_params and self.is_readonly(m):
-                ty = ir.ArrayType(I8, m.value_size * m.max_entries)
-                g = ir.GlobalVariable(self.module, ty, f"rodata_{i}")
-                g.initializer = ir.Constant(ty, None)
-                g.global_constant = True
-                g.linkage = "internal"
-                self.rodata[i] = g
+        # .rodata (the parameters): the accessor of each map's bytes. The rest of the
+        # translation does not depend on their values: see rodata_items.
+        self.rodata: dict[int, ir.Function] = {
+            i: rodata_items(self.module, prog, i, constant=False)
+            for i, m in enumerate(prog.maps) if self.is_readonly(m)}
         self._intrinsics: dict[str, ir.Function] = {}
         self.sccs: dict[tuple[int, int], dict[int, int]] = {}   # per subprogram, once
         self.fault_fn = self._fault_fn()
@@ -416,14 +409,42 @@ class ModuleTranslator:
         b.ret(b.select(unwound, zero, r0))
 
 
-def rodata_line(prog: Program, index: int) -> tuple[str, str]:
-    """(template line, filled line) of map `index`'s constant global in the module text."""
+def rodata_items(module: ir.Module, prog: Program, index: int, constant: bool) -> ir.Function:
+    """Adds `ptr rodata_ptr_<index>(env)`, the host address of read-only map `index`'s
+    bytes, and the global `rodata_<index>`. constant=False: the accessor loads the values
+    pointer of the instance's map (any parameter set; the global is a zeroed placeholder);
+    True: it returns the global, which holds this program's bytes, so that code inlining it
+    folds its parameters. Callers hoist the call into their function's entry block, so the
+    first tier (no inliner) pays one call per chunk."""
     m = prog.maps[index]
     size = m.value_size * m.max_entries
-    data = (m.initial or b"").ljust(size, b"\0")[:size]
     ty = ir.ArrayType(I8, size)
-    head = f"@rodata_{index} = internal constant {ty} "
-    return head + ir.Constant(ty, None).ref, head + ir.Constant(ty, data).ref
+    g = ir.GlobalVariable(module, ty, f"rodata_{index}")
+    g.initializer = ir.Constant(ty, (m.initial or b"").ljust(size, b"\0")[:size]
+                                if constant else None)
+    g.global_constant = True
+    g.linkage = "internal"
+    fn = ir.Function(module, ir.FunctionType(PTR, [PTR]), f"rodata_ptr_{index}")
+    fn.linkage = "internal"
+    fn.attributes.add("alwaysinline")
+    b = ir.IRBuilder(fn.append_basic_block())
+    if constant:
+        b.ret(g)
+    else:
+        maps = b.load(b.gep(fn.args[0], [c64(L.MAPS)], source_etype=I8), typ=PTR,
+                      invariant=True)
+        desc = b.gep(maps, [c64(index * L.MAPDESC_SIZE + L.M_VALUES)], source_etype=I8)
+        b.ret(b.load(desc, typ=PTR, invariant=True))
+    return fn
+
+
+def rodata_text(prog: Program, index: int) -> tuple[str, str]:
+    """(as translated, with this program's bytes): the text of map `index`'s rodata_items."""
+    def text(constant: bool) -> str:
+        module = ir.Module()
+        rodata_items(module, prog, index, constant)
+        return "\n".join(map(str, module.items))
+    return text(False), text(True)
 
 
 class FunctionTranslator:
@@ -635,7 +656,8 @@ class FunctionTranslator:
 
     def map_host_base(self, i: int) -> ir.Value:
         if i in self.mt.rodata:
-            return self.mt.rodata[i]
+            return self.hoisted(("rodata", i),
+                                lambda: self.b.call(self.mt.rodata[i], [self.env]))
         return self.hoisted(("values", i), lambda: self.load_inv(
             self.b.gep(self.map_desc(i), [c64(L.M_VALUES)], source_etype=I8), PTR))
 
