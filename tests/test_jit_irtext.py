@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import itertools
 import random
+import re
 
 import llvmlite.binding as llvm
 
@@ -89,3 +90,35 @@ def test_folds_agree_with_llvm() -> None:
             bad.append((name, a, bv, cond, got, want))
     assert not bad, bad[:5]
     assert len(expected) > 1000
+
+
+def test_values_are_numbered_in_text_order() -> None:
+    """Values and blocks are unnamed, and LLVM wants their numbers in text order; values
+    hoisted into the entry block after later blocks were written, and a phi, still get
+    numbers LLVM accepts, and the code computes what was built."""
+    module = ir.Module("order")
+    fn = ir.Function(module, ir.FunctionType("i64", ["i64", "i64"]), "f")
+    entry, loop, done = (fn.append_basic_block() for _ in range(3))
+    b = ir.IRBuilder(entry)
+    b.branch(loop)
+    b.position_at_end(loop)   # sum = x + 3 * y, y times, in a loop
+    i = b.phi("i64")
+    acc = b.phi("i64")
+    b.position_before_terminator(entry)
+    step = b.mul(fn.args[0], ir.Constant("i64", 3))   # hoisted after the loop's phis
+    b.position_at_end(loop)
+    acc2 = b.add(acc, step)
+    i2 = b.add(i, ir.Constant("i64", 1))
+    b.cbranch(b.icmp_unsigned("<", i2, fn.args[1]), loop, done)
+    for phi, start, nxt in ((i, 0, i2), (acc, 0, acc2)):
+        phi.add_incoming(ir.Constant("i64", start), entry)
+        phi.add_incoming(nxt, loop)
+    b.position_at_end(done)
+    b.ret(b.add(acc2, fn.args[0]))
+    text = str(module)
+    assert re.search(r"\{\d", text) is None and "%v" not in text   # every id filled in
+    jit_compile.fast_target_machine()
+    tracker = llvm.JITLibraryBuilder().add_ir(text).export_symbol("f").link(
+        jit_compile._jit(), f"irtext_order{next(_names)}")
+    f = ctypes.CFUNCTYPE(ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint64)(tracker["f"])
+    assert [f(x, n) for x, n in ((5, 1), (5, 4), (7, 10))] == [5 + 15, 5 + 60, 7 + 210]

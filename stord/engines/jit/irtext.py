@@ -6,7 +6,8 @@ module keeps the subset of that API the translator needs (IRBuilder methods of t
 names), but each instruction becomes one line of text at once, and instructions on
 constants fold here (add of two constants, a zext of a constant...) so LLVM gets less to
 parse and optimise. Types are their IR spelling ("i64", "ptr"); values carry their type
-and their reference ("%v12", "42"), and `constant` (an int) when they are one.
+and their reference ("%{12}", a placeholder for the value's number, or "42"), and
+`constant` (an int) when they are one.
 """
 
 from __future__ import annotations
@@ -124,12 +125,14 @@ class Switch:
 
 
 class Block:
-    __slots__ = ("fn", "name", "lines", "is_terminated")
+    __slots__ = ("fn", "id", "name", "lines", "defs", "is_terminated")
 
-    def __init__(self, fn: Function, name: str) -> None:
+    def __init__(self, fn: Function, id_: int, name: str) -> None:
         self.fn = fn
-        self.name = name
+        self.id = id_
+        self.name = name   # "{id}", numbered like the values (see Function.__str__)
         self.lines: list[str | Phi | Switch] = []
+        self.defs: list[int] = []   # ids of the values its lines define, in line order
         self.is_terminated = False
 
 
@@ -155,17 +158,22 @@ class Function(Value):
         self.linkage = ""
         self.attributes: set[str] = set()
         self.blocks: list[Block] = []
-        self.counter = 0
+        self.values = 0    # ids of values and blocks
         self.module = module
         module.add(self)
 
-    def fresh(self) -> str:
-        self.counter += 1
-        return f"%v{self.counter}"
+    def fresh(self) -> tuple[int, str]:
+        """A new value: its id and its reference, a placeholder that __str__ turns into
+        the value's number (see __str__)."""
+        n = self.values
+        self.values = n + 1
+        return n, f"%{{{n}}}"
 
-    def append_basic_block(self, name: str = "bb") -> Block:
-        self.counter += 1
-        blk = Block(self, f"{name}.{self.counter}")
+    def append_basic_block(self, name: str = "") -> Block:
+        """A new block (unnamed, like the values: `name` is not kept)."""
+        n = self.values
+        self.values = n + 1
+        blk = Block(self, n, f"{{{n}}}")
         self.blocks.append(blk)
         return blk
 
@@ -176,12 +184,23 @@ class Function(Value):
         params = ", ".join(" ".join([a.type, *a.attrs, a.ref]) for a in self.args)
         head = f"define {self.linkage + ' ' if self.linkage else ''}{ret} {self.ref}" \
                f"({params}) {' '.join(sorted(self.attributes))} {{"
-        out = [head]
+        # Values and blocks are unnamed (%0, %1...): LLVM parses and optimises such a module
+        # in about 3/4 of the time it takes with names (measured 29 vs 37 ms for stats's
+        # first tier). Their numbers must follow the text's order, which is not the order
+        # they were made in (hoisting into the entry block), so lines hold "%{id}" and the
+        # numbers are filled in here, in one str.format.
+        numbers = [""] * self.values
+        n = 0
+        body = []
         for blk in self.blocks:
-            out.append(f"{blk.name}:")
-            out.extend(map(str, blk.lines))
-        out.append("}")
-        return "\n".join(out)
+            numbers[blk.id] = n
+            n += 1
+            for i in blk.defs:
+                numbers[i] = n
+                n += 1
+            body.append(f"{blk.name}:")
+            body.extend(map(str, blk.lines))
+        return f"{head}\n" + "\n".join(body).format(*numbers) + "\n}"
 
 
 class GlobalVariable(Value):
@@ -255,6 +274,8 @@ class IRBuilder:
         self._at: int | None = None   # insertion index, None = the end
 
     def position_before_terminator(self, block: Block) -> None:
+        if not block.is_terminated:   # (Block.defs relies on it)
+            raise ValueError(f"block {block.name} has no terminator to insert before")
         self.position_at_end(block)
         self._at = len(block.lines) - 1
 
@@ -267,8 +288,12 @@ class IRBuilder:
 
     def _value(self, ty: Type, text: str) -> Value:
         fn = self.fn
-        fn.counter += 1
-        ref = f"%v{fn.counter}"
+        n = fn.values
+        fn.values = n + 1
+        ref = f"%{{{n}}}"
+        # an insertion (self._at) is before the block's terminator, after every other
+        # line that defines a value: defs stays in line order
+        self.block.defs.append(n)
         if self._at is None:
             self.block.lines.append(f"  {ref} = {text}")
         else:
@@ -444,7 +469,9 @@ class IRBuilder:
         return sw
 
     def phi(self, ty: Type, name: str = "") -> Phi:
-        p = Phi(ty, self.fn.fresh())
+        n, ref = self.fn.fresh()
+        p = Phi(ty, ref)
+        self.block.defs.append(n)
         self._line(p)
         return p
 
