@@ -110,10 +110,12 @@ def test_parameters_are_part_of_the_cache_key() -> None:
 
 def test_damaged_disk_cache_entry_is_recompiled(tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    jit_compile.wait_for_upgrades()   # an earlier test's O2 code could land in tmp_path
     monkeypatch.setenv("STORD_JIT_CACHE", str(tmp_path))
     prog = stats(col=2, header=1, scale=4)
     jit_compile.clear_memory_cache()
     jit.load(prog)
+    jit_compile.wait_for_upgrades()   # its O2 code too is on disk, to be damaged
     for f in [*tmp_path.glob("*.o"), *tmp_path.glob("*.ll")]:
         f.write_bytes(b"not an object file")
     jit_compile.clear_memory_cache()
@@ -214,6 +216,51 @@ def test_only_jumps_that_close_a_loop_are_charged(budget: int, ok: bool) -> None
     else:
         with pytest.raises(BudgetExceeded):
             inst.call(None)
+
+
+# A callee reads and writes its caller's frame through a pointer argument: inlined (called
+# once or twice; the jit knows the depth and the pointer) or a real function (it may call
+# itself, so it is not inlined, and knows nothing): the same result, and the same faults
+# one byte past the caller's frame (the top of the stack) or below the callee's own frame.
+CALLER_FRAME_ASM = """
+    mov %r1, 0x1234
+    stxdw [%r10-8], %r1
+    mov %r1, %r10
+    add %r1, -8
+    call local f
+    {second}
+    ldxdw %r0, [%r10-8]
+    exit
+f:
+    ldxdw %r2, [%r1{read:+d}]
+    add %r2, 1
+    stxdw [%r1+0], %r2
+    jne %r2, 0, out
+    call local f
+out:
+    mov %r0, 0
+    exit
+"""
+
+
+@pytest.mark.parametrize("shape", ["once", "twice", "recursive"])
+@pytest.mark.parametrize("read, ok", [(0, True), (-1024 + 8, True), (1, False), (8, False),
+                                      (-1024 + 7, False)])
+def test_callee_uses_its_callers_frame(shape: str, read: int, ok: bool) -> None:
+    from stord.program.asm import assemble
+
+    text = CALLER_FRAME_ASM.format(read=read,
+                                   second="call local f" if shape == "twice" else "mov %r0, 0")
+    if shape != "recursive":   # no self-call: f is inlined
+        text = text.replace("    call local f\nout:", "out:")
+    prog = Program(name="t", section="", insns=assemble(text))
+    if not ok:
+        fault_both(prog)
+        return
+    want = interp.load(prog, helpers="conformance").call(None)
+    assert jit.load(prog, helpers="conformance").call(None) == want
+    if read == 0:
+        assert want == 0x1234 + (2 if shape == "twice" else 1)
 
 
 def test_jump_sccs_put_only_loops_together() -> None:

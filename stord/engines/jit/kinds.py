@@ -55,6 +55,14 @@ def shift(k: Kind, delta: int) -> Kind:
     return k
 
 
+def callee_kind(k: Kind) -> Kind:
+    """A caller's register kind as its callee (one frame deeper) sees it: the caller's
+    r10 + off is the callee's r10 + STACK_SIZE + off."""
+    if k is not None and k[0] == "s":
+        return ("s", k[1] + isa.STACK_SIZE)
+    return k
+
+
 def _sext32(imm: int) -> int:
     return imm & M64
 
@@ -74,12 +82,12 @@ CTX_CONSTANTS = {0: base.DATA_BASE, 8: base.META_BASE, 12: 0, 16: 0, 20: 0}
 
 
 def analyse(insns: list[Insn], start: int, end: int, leaders: set[int],
-            map_handles: dict[int, int], r1: Kind = None,
+            map_handles: dict[int, int], args: tuple[Kind, ...] = (),
             chunk: bool = False) -> dict[int, State]:
     """State before each load, store and call of [start, end) (only reachable ones: what
-    the translator asks about). `r1`: what the first argument is known to be; `chunk`: the
-    code runs chunks, so the context holds CTX_CONSTANTS."""
-    entry: State = [("c", 0), r1, None, None, None, None, ("c", 0), ("c", 0), ("c", 0),
+    the translator asks about). `args`: what r1, r2... are known to be on entry (see
+    callee_kind); `chunk`: the code runs chunks, so the context holds CTX_CONSTANTS."""
+    entry: State = [("c", 0), *(list(args) + [None] * 5)[:5], ("c", 0), ("c", 0), ("c", 0),
                     ("c", 0), ("s", 0)]
     chunk_ctx = chunk
     block_in: dict[int, State] = {start: entry}

@@ -391,7 +391,8 @@ class Runtime:
             b.branch(done)
             b.position_at_end(body)
             zero = c64(0)
-            r0 = ft.call_sub(pc, target, [i, ctx, zero, zero, zero], charge=False)
+            r0 = ft.call_sub(pc, target, [i, ctx, zero, zero, zero], charge=False,
+                             arg_kinds=(None, ft.kind(pc, 3), ("c", 0), ("c", 0), ("c", 0)))
             nxt = b.add(i, c64(1))
             brk = ft.fn.append_basic_block(f"loop{pc}_{target}_break")
             latch = b.block

@@ -456,8 +456,10 @@ class FunctionTranslator:
 
     def __init__(self, mt: ModuleTranslator, sub: Subprogram, frame: Frame, depth: ir.Value,
                  args: list[ir.Value], inline: bool = False,
-                 chain: tuple[int, ...] = ()) -> None:
+                 chain: tuple[int, ...] = (), arg_kinds: tuple[kinds.Kind, ...] = ()) -> None:
+        """`arg_kinds`: what r1-r5 are known to point to (kinds.py), in this frame's terms."""
         self.mt = mt
+        self.arg_kinds = arg_kinds
         self.sub = sub
         self.frame = frame
         self.fn = frame.fn
@@ -672,8 +674,14 @@ class FunctionTranslator:
         if kind is not None and kind[0] == "c" and (kind[1] >> MAP_SHIFT) - 1 < len(maps) \
                 and kind[1] >> MAP_SHIFT:
             kind = ("m", (kind[1] >> MAP_SHIFT) - 1, kind[1] & (base.MAP_STRIDE - 1))
-        if isinstance(size, int) and kind is not None:
-            if kind[0] == "s" and -isa.STACK_SIZE <= kind[1] and kind[1] + size <= 0:
+        if isinstance(size, int) and kind is not None and kind[0] == "s":
+            # r10 + off: this frame, or (code inlined at a known depth d) a caller's frame,
+            # all of them below STACK_TOP: [r10 - STACK_SIZE, r10 + d * STACK_SIZE)
+            d = self.depth.constant
+            if -isa.STACK_SIZE <= kind[1] and kind[1] + size <= (d or 0) * isa.STACK_SIZE:
+                if d is not None:   # a constant place, which SROA can keep in registers
+                    at = base.STACK_TOP - d * isa.STACK_SIZE + kind[1] - STACK_LO
+                    return b.gep(self.stack, [c64(at)], source_etype=I8)
                 return b.gep(self.stack, [b.sub(addr, c64(STACK_LO))], source_etype=I8)
         if isinstance(size, int) and kind is not None and kind[0] == "m":
             i, o = kind[1], kind[2]
@@ -760,8 +768,8 @@ class FunctionTranslator:
         handles = {i: map_handle(i) for i in range(len(self.mt.prog.maps))}
         entry_ctx = self.mt.chunk and self.sub.start == 0 and not self.mt.entry_reentered
         self.kinds = kinds.analyse(self.insns, self.sub.start, self.sub.end, leaders, handles,
-                                   r1=("c", base.CTX_BASE) if entry_ctx else None,
-                                   chunk=self.mt.chunk)
+                                   args=(("c", base.CTX_BASE),) if entry_ctx else
+                                   self.arg_kinds, chunk=self.mt.chunk)
         b.position_at_end(self.blocks[self.sub.start])
         while pc < self.sub.end:
             if pc in self.blocks and b.block is not self.blocks[pc]:
@@ -1027,16 +1035,18 @@ class FunctionTranslator:
             self.mt.runtime.helper_dynamic(self, pc, self.reg(ins.dst))
         elif ins.src == isa.PSEUDO_CALL:
             self.set_reg(0, self.call_sub(pc, pc + ins.imm + 1,
-                                          [self.reg(i) for i in range(1, 6)]))
+                                          [self.reg(i) for i in range(1, 6)],
+                                          arg_kinds=tuple(self.kind(pc, i) for i in range(1, 6))))
         elif ins.src == 0:
             self.mt.runtime.helper(self, pc, ins.imm)
         else:
             raise CompileError(f"call with source {ins.src} at slot {pc}")
 
-    def call_sub(self, pc: int, target: int, regs: list[ir.Value],
-                 charge: bool = True) -> ir.Value:
-        """Call subprogram `target` one frame deeper (r1..r5 = regs); returns its r0.
-        The caller's r1-r5 stay as they were (as in the interp)."""
+    def call_sub(self, pc: int, target: int, regs: list[ir.Value], charge: bool = True,
+                 arg_kinds: tuple[kinds.Kind, ...] = ()) -> ir.Value:
+        """Call subprogram `target` one frame deeper (r1..r5 = regs, whose kinds in this
+        frame are arg_kinds); returns its r0. The caller's r1-r5 stay as they were (as in
+        the interp)."""
         sub = self.mt.subs.get(target)
         if sub is None:
             raise CompileError(f"call at slot {pc} to slot {target}, not a subprogram start")
@@ -1057,7 +1067,11 @@ class FunctionTranslator:
             b.store(b.load(tmp, typ=I64), self.ctl)
             b.store(b.load(tmp_status, typ=I64), ctl_status)
         else:
+            # inlined: a copy per call site, so what this site knows about the arguments
+            # holds in it (a real function serves every site and knows nothing)
             res = FunctionTranslator(self.mt, sub, self.frame, depth, regs, inline=True,
-                                     chain=self.chain).translate()
+                                     chain=self.chain,
+                                     arg_kinds=tuple(map(kinds.callee_kind, arg_kinds))
+                                     ).translate()
         self.check_status()
         return res
