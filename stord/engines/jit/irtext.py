@@ -125,7 +125,7 @@ class Switch:
 
 
 class Block:
-    __slots__ = ("fn", "id", "name", "lines", "defs", "is_terminated")
+    __slots__ = ("fn", "id", "name", "lines", "defs", "deferred", "is_terminated")
 
     def __init__(self, fn: Function, id_: int, name: str) -> None:
         self.fn = fn
@@ -133,6 +133,7 @@ class Block:
         self.name = name   # "{id}", numbered like the values (see Function.__str__)
         self.lines: list[str | Phi | Switch] = []
         self.defs: list[int] = []   # ids of the values its lines define, in line order
+        self.deferred: dict[str, str] | None = None   # IRBuilder.store_at_end
         self.is_terminated = False
 
 
@@ -301,8 +302,15 @@ class IRBuilder:
         return Value(ty, ref)
 
     def _terminate(self, text: str) -> None:
+        self._flush()
         self._line(text)
         self.block.is_terminated = True
+
+    def _flush(self) -> None:
+        blk = self.block
+        if blk.deferred:
+            blk.lines.extend(blk.deferred.values())
+            blk.deferred = None
 
     # -- arithmetic (folded on constants) ------------------------------------------------
 
@@ -428,6 +436,16 @@ class IRBuilder:
         a = f", align {align}" if align else ""
         self._line(f"  store {v.type} {v.ref}, ptr {p.ref}{a}")
 
+    def store_at_end(self, v: Value, p: Value) -> None:
+        """A store written just before the block's terminator, replacing any earlier one
+        to p in this block. Only for memory nothing reads in between (the translator's
+        register slots: it keeps their current values itself), so a register set twice
+        in a block costs one store, which LLVM then has less to parse and promote."""
+        blk = self.block
+        if blk.deferred is None:
+            blk.deferred = {}
+        blk.deferred[p.ref] = f"  store {v.type} {v.ref}, ptr {p.ref}"
+
     def gep(self, p: Value, indices: list[Value], source_etype: Type = "i8") -> Value:
         (i,) = indices
         if i.constant == 0:
@@ -464,6 +482,7 @@ class IRBuilder:
 
     def switch(self, v: Value, default: Block) -> Switch:
         sw = Switch(v, default)
+        self._flush()
         self._line(sw)
         self.block.is_terminated = True
         return sw

@@ -533,7 +533,7 @@ class FunctionTranslator:
             cache[i + 16] = v
         if v.type != I64:
             v = self.b.zext(v, I64)
-        self.b.store(v, self.regs[i])
+        self.b.store_at_end(v, self.regs[i])   # reg() reads the cache until the block ends
         cache[i] = v
 
     def hoisted(self, key: object, make: callable) -> ir.Value:
