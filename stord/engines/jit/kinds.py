@@ -98,16 +98,21 @@ def analyse(insns: list[Insn], start: int, end: int, leaders: set[int],
         state = list(block_in[pc])
         while pc < end:
             ins = insns[pc]
-            if ins.op & 7 in _ASKED or ins.op in _CALLS:
+            op = ins.op
+            cls = op & 7
+            if cls in _ASKED or op in _CALLS:
                 out[pc] = list(state)
-            nxt = pc + 2 if ins.op == isa.LDDW else pc + 1
-            succ = _successors(pc, ins, end)
+            nxt = pc + 2 if op == isa.LDDW else pc + 1
             _transfer(state, ins, insns, pc, map_handles, chunk_ctx)
-            targets = [t for t in succ if t != nxt] if succ is not None else []
-            falls = succ is None or nxt in succ
-            for t in targets:
-                _merge(block_in, work, t, state)
-            if not falls or nxt >= end:
+            if cls == isa.JMP or cls == isa.JMP32:
+                succ = _successors(pc, ins, end)
+                if succ is not None:
+                    for t in succ:
+                        if t != nxt:
+                            _merge(block_in, work, t, state)
+                    if nxt not in succ:
+                        break
+            if nxt >= end:
                 break
             if nxt in leaders:
                 _merge(block_in, work, nxt, state)
@@ -126,6 +131,8 @@ def _merge(block_in: dict[int, State], work: list[int], t: int, state: State) ->
         block_in[t] = list(state)
         work.append(t)
         return
+    if old == state:
+        return
     new = [meet(a, b) for a, b in zip(old, state, strict=True)]
     if new != old:
         block_in[t] = new
@@ -134,7 +141,7 @@ def _merge(block_in: dict[int, State], work: list[int], t: int, state: State) ->
 
 def _successors(pc: int, ins: Insn, end: int) -> list[int] | None:
     """Jump successors including the fall-through; None for straight-line code."""
-    cls = ins.cls
+    cls = ins.op & 7
     if cls not in (isa.JMP, isa.JMP32):
         return None
     op = ins.op & 0xF0
@@ -149,7 +156,7 @@ def _successors(pc: int, ins: Insn, end: int) -> list[int] | None:
 
 def _transfer(st: State, ins: Insn, insns: list[Insn], pc: int,
               map_handles: dict[int, int], chunk_ctx: bool = False) -> None:
-    cls, op, d = ins.cls, ins.op & 0xF0, ins.dst
+    cls, op, d = ins.op & 7, ins.op & 0xF0, ins.dst
     if ins.op == isa.LDDW:
         second = insns[pc + 1]
         if ins.src == isa.PSEUDO_MAP_VALUE:

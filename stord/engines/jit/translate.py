@@ -121,7 +121,7 @@ def jump_successors(insns: list[isa.Insn], pc: int) -> tuple[int, ...]:
     ins = insns[pc]
     if ins.op == isa.LDDW:
         return (pc + 2,)
-    if ins.cls not in (isa.JMP, isa.JMP32):
+    if (ins.op & 7) not in (isa.JMP, isa.JMP32):
         return (pc + 1,)
     op = ins.op & 0xF0
     if op == isa.EXIT:
@@ -129,7 +129,7 @@ def jump_successors(insns: list[isa.Insn], pc: int) -> tuple[int, ...]:
     if op == isa.CALL:
         return (pc + 1,)
     if op == isa.JA:
-        return (pc + (ins.imm if ins.cls == isa.JMP32 else ins.off) + 1,)
+        return (pc + (ins.imm if (ins.op & 7) == isa.JMP32 else ins.off) + 1,)
     return (pc + ins.off + 1, pc + 1)
 
 
@@ -187,8 +187,8 @@ def loop_callbacks(insns: list[isa.Insn], start: int, end: int) -> dict[int, int
     targets: set[int] = set()
     for pc in range(start, end):
         ins = insns[pc]
-        if ins.cls in (isa.JMP, isa.JMP32) and ins.op & 0xF0 not in (isa.CALL, isa.EXIT):
-            off = ins.imm if ins.cls == isa.JMP32 and ins.op & 0xF0 == isa.JA else ins.off
+        if (ins.op & 7) in (isa.JMP, isa.JMP32) and ins.op & 0xF0 not in (isa.CALL, isa.EXIT):
+            off = ins.imm if (ins.op & 7) == isa.JMP32 and ins.op & 0xF0 == isa.JA else ins.off
             targets.add(pc + off + 1)
     known: dict[int, int] = {}
     cur: int | None = None
@@ -206,9 +206,9 @@ def loop_callbacks(insns: list[isa.Insn], start: int, end: int) -> dict[int, int
             if ins.op == isa.CALL_OP and ins.src == 0 and ins.imm == 181 and cur is not None:
                 known[pc] = cur
             cur = None   # calls clobber r1-r5
-        elif ins.cls in (isa.ALU, isa.ALU64, isa.LD, isa.LDX) and ins.dst == 2:
+        elif (ins.op & 7) in (isa.ALU, isa.ALU64, isa.LD, isa.LDX) and ins.dst == 2:
             cur = None
-        elif ins.cls == isa.STX and ins.op & 0xE0 == isa.ATOMIC and ins.src == 2:
+        elif (ins.op & 7) == isa.STX and ins.op & 0xE0 == isa.ATOMIC and ins.src == 2:
             cur = None   # atomic fetch / xchg write their source register
         pc += 1
     return known
@@ -796,7 +796,7 @@ class FunctionTranslator:
         out: set[int] = set()
         for pc in range(self.sub.start, self.sub.end):
             ins = self.insns[pc]
-            cls = ins.cls
+            cls = ins.op & 7
             if cls in (isa.JMP, isa.JMP32) and ins.op & 0xF0 not in (isa.CALL, isa.EXIT):
                 if cls == isa.JMP32 and ins.op & 0xF0 == isa.JA:
                     out.add(pc + ins.imm + 1)
@@ -806,7 +806,7 @@ class FunctionTranslator:
 
     def _insn(self, pc: int, ins: isa.Insn) -> int:
         """Emit one instruction; returns the next slot."""
-        cls = ins.cls
+        cls = ins.op & 7
         if cls in (isa.ALU, isa.ALU64):
             self._alu(pc, ins, cls == isa.ALU64)
         elif cls in (isa.JMP, isa.JMP32):
