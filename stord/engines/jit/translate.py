@@ -134,49 +134,67 @@ def jump_successors(insns: list[isa.Insn], pc: int) -> tuple[int, ...]:
 
 
 def jump_sccs(insns: list[isa.Insn], start: int, end: int) -> dict[int, int]:
-    """Strongly connected components of the slots [start, end) (Tarjan's algorithm,
-    iterative: programs have up to MAX_JIT_INSNS slots); slot -> component number."""
-    index: dict[int, int] = {}
-    low: dict[int, int] = {}
-    comp: dict[int, int] = {}
+    """Strongly connected components of the slots [start, end): slot -> component number.
+    Computed on the straight-line blocks (a cycle enters a block only at its first slot
+    and leaves it only at its last, so a block's slots are all in one component or none
+    is in a cycle) with Tarjan's algorithm, iterative (programs have up to MAX_JIT_INSNS
+    slots). A block outside every cycle is a component of its own."""
+    firsts = {start}
+    for pc in range(start, end):
+        ins = insns[pc]
+        op = ins.op
+        cls = op & 7
+        if (cls == isa.JMP or cls == isa.JMP32) and op & 0xF0 != isa.CALL:
+            if op & 0xF0 != isa.EXIT:
+                t = pc + (ins.imm if cls == isa.JMP32 and op & 0xF0 == isa.JA else ins.off) + 1
+                if start <= t < end:
+                    firsts.add(t)
+            if pc + 1 < end:
+                firsts.add(pc + 1)
+    order = sorted(firsts)
+    block_of = {f: k for k, f in enumerate(order)}
+    bounds = order[1:] + [end]
+    succ = [[block_of[t] for t in jump_successors(insns, last - 1) if start <= t < end]
+            for last in bounds]
+    n = len(order)
+    index = [-1] * n
+    low = [0] * n
+    on_stack = [False] * n
     stack: list[int] = []
-    on_stack: set[int] = set()
+    comp = [0] * n
     counter = 0
-    for root in range(start, end):   # (an lddw's second slot is a harmless extra node)
-        if root in index:
+    for root in range(n):
+        if index[root] >= 0:
             continue
-        work = [(root, iter(jump_successors(insns, root)))]
         index[root] = low[root] = counter
         counter += 1
         stack.append(root)
-        on_stack.add(root)
+        on_stack[root] = True
+        work = [(root, iter(succ[root]))]
         while work:
             v, it = work[-1]
             for w in it:
-                if not start <= w < end:
-                    continue
-                if w not in index:
+                if index[w] < 0:
                     index[w] = low[w] = counter
                     counter += 1
                     stack.append(w)
-                    on_stack.add(w)
-                    work.append((w, iter(jump_successors(insns, w))))
+                    on_stack[w] = True
+                    work.append((w, iter(succ[w])))
                     break
-                if w in on_stack:
-                    low[v] = min(low[v], index[w])
+                if on_stack[w] and index[w] < low[v]:
+                    low[v] = index[w]
             else:
                 work.pop()
-                if work:
-                    u = work[-1][0]
-                    low[u] = min(low[u], low[v])
+                if work and low[v] < low[work[-1][0]]:
+                    low[work[-1][0]] = low[v]
                 if low[v] == index[v]:
                     while True:
                         w = stack.pop()
-                        on_stack.discard(w)
+                        on_stack[w] = False
                         comp[w] = v
                         if w == v:
                             break
-    return comp
+    return {pc: order[comp[k]] for k in range(n) for pc in range(order[k], bounds[k])}
 
 
 def loop_callbacks(insns: list[isa.Insn], start: int, end: int) -> dict[int, int]:
