@@ -269,6 +269,22 @@ def test_params_offsets_and_values() -> None:
         prog.with_params(table8=bytes(33))
 
 
+def test_code_hash_follows_the_instructions() -> None:
+    """The code hash is kept by with_params (same instructions) and made afresh for a copy
+    with other instructions, so a digest never describes code the program does not hold."""
+    import dataclasses
+    import hashlib
+
+    from stord.program.isa import encode
+
+    prog = load_object(obj("maps_globals"))
+    assert prog.code_hash == hashlib.sha256(encode(prog.insns)).digest()
+    other = dataclasses.replace(prog, insns=prog.insns[:-2] + prog.insns[-1:])
+    assert other.code_hash == hashlib.sha256(encode(other.insns)).digest() != prog.code_hash
+    assert other.digest != prog.digest
+    assert prog.with_params(threshold=5).code_hash == prog.code_hash
+
+
 def test_program_is_picklable() -> None:
     import pickle
     prog = load_object(obj("tags"))

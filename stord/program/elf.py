@@ -176,7 +176,7 @@ class _Loader:
         self._code()
         entry = self._entry(section)
         insns = self._link(entry)
-        return Program(
+        prog = Program(
             name=entry.name,
             section=self.secs[entry.sec].name,
             insns=insns,
@@ -186,6 +186,8 @@ class _Loader:
             params=self._params(),
             elf=self.data,
         )
+        prog.code_hash   # noqa: B018 - hashed once here; every parameter set's copy shares it
+        return prog
 
     def _fixup_btf(self) -> None:
         """DATASEC sizes and variable offsets from the ELF, as libbpf does before loading."""

@@ -63,10 +63,22 @@ class Program:
     license: str = ""
     params: dict[str, Param] = field(default_factory=dict)
     elf: bytes = b""
+    # sha256 of the encoded instructions, once computed. Not an __init__ field, so a copy
+    # made with dataclasses.replace computes its own; with_params, which keeps the
+    # instructions, keeps it.
+    _code_hash: bytes | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def code_hash(self) -> bytes:
+        h = self._code_hash
+        if h is None:
+            h = hashlib.sha256(encode(self.insns)).digest()
+            object.__setattr__(self, "_code_hash", h)
+        return h
 
     @property
     def digest(self) -> str:
-        h = hashlib.sha256(encode(self.insns))
+        h = hashlib.sha256(self.code_hash)
         for m in self.maps:
             h.update(repr((m.name, m.type, m.key_size, m.value_size, m.max_entries,
                            m.flags)).encode())
@@ -88,7 +100,9 @@ class Program:
             buf = bytearray(m.initial or bytes(m.value_size))
             buf[p.offset:p.offset + p.size] = _encode_param(p, value)
             maps[p.map_index] = replace(m, initial=bytes(buf))
-        return replace(self, maps=maps)
+        out = replace(self, maps=maps)
+        object.__setattr__(out, "_code_hash", self._code_hash)   # the same instructions
+        return out
 
 
 def _encode_param(p: Param, value: int | str | bytes) -> bytes:
