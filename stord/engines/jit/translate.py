@@ -23,6 +23,7 @@ masked, and no nsw/nuw flags are emitted.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from stord.engines import base
@@ -669,10 +670,8 @@ class FunctionTranslator:
     def reg_ptr(self, pc: int, reg: int, off: int, size: int | ir.Value,
                 write: bool) -> ir.Value:
         """Host pointer for [reg + off, + size): the address kind picks the cheapest check."""
-        addr = self.reg(reg)
-        if off:
-            addr = self.b.add(addr, c64(off))
-        return self.host_ptr(addr, size, write, pc, self.kind(pc, reg, off))
+        return self.host_ptr(lambda: self.b.add(self.reg(reg), c64(off)), size, write, pc,
+                             self.kind(pc, reg, off))
 
     def map_host_base(self, i: int) -> ir.Value:
         if i in self.mt.rodata:
@@ -681,12 +680,14 @@ class FunctionTranslator:
         return self.hoisted(("values", i), lambda: self.load_inv(
             self.b.gep(self.map_desc(i), [c64(L.M_VALUES)], source_etype=I8), PTR))
 
-    def host_ptr(self, addr: ir.Value, size: int | ir.Value, write: bool, pc: int,
-                 kind: kinds.Kind = None) -> ir.Value:
+    def host_ptr(self, addr: ir.Value | Callable[[], ir.Value], size: int | ir.Value,
+                 write: bool, pc: int, kind: kinds.Kind = None) -> ir.Value:
         """Host pointer for `size` bytes at virtual `addr`, or a fault (never returns null).
+        `addr` may be a function that emits it: a statically known target does not need it.
 
-        Statically known targets get no check; a known region gets one inline range check
-        with the generic lookup (runtime.xlate) as fallback; the rest use xlate only."""
+        Statically known targets get no check (and the same place in a block, one pointer);
+        a known region gets one inline range check with the generic lookup (runtime.xlate)
+        as fallback; the rest use xlate only."""
         b = self.b
         maps = self.mt.prog.maps
         if kind is not None and kind[0] == "c" and (kind[1] >> MAP_SHIFT) - 1 < len(maps) \
@@ -699,13 +700,17 @@ class FunctionTranslator:
             if -isa.STACK_SIZE <= kind[1] and kind[1] + size <= (d or 0) * isa.STACK_SIZE:
                 if d is not None:   # a constant place, which SROA can keep in registers
                     at = base.STACK_TOP - d * isa.STACK_SIZE + kind[1] - STACK_LO
-                    return b.gep(self.stack, [c64(at)], source_etype=I8)
+                    return self._static_ptr(("s", at), lambda: self.stack)
+                if callable(addr):
+                    addr = addr()
                 return b.gep(self.stack, [b.sub(addr, c64(STACK_LO))], source_etype=I8)
         if isinstance(size, int) and kind is not None and kind[0] == "m":
             i, o = kind[1], kind[2]
             if 0 <= o and o + size <= self.mt.region_size(i) and \
                     not (write and self.mt.is_readonly(maps[i])):
-                return b.gep(self.map_host_base(i), [c64(o)], source_etype=I8)
+                return self._static_ptr(("m", i, o), lambda: self.map_host_base(i))
+        if callable(addr):
+            addr = addr()
         nbytes = c64(size) if isinstance(size, int) else size
         cache = self._cached()
         done = self.fn.append_basic_block(f"addr{pc}")
@@ -749,6 +754,14 @@ class FunctionTranslator:
             phi.add_incoming(v, blk)
         return phi
 
+    def _static_ptr(self, key: tuple, base_ptr: Callable[[], ir.Value]) -> ir.Value:
+        """base_ptr() + key[-1], made once per block (the block cache also holds registers)."""
+        cache = self._cached()
+        p = cache.get(key)
+        if p is None:
+            p = cache[key] = self.b.gep(base_ptr(), [c64(key[-1])], source_etype=I8)
+        return p
+
     def load_inv(self, p: ir.Value, typ: ir.Type) -> ir.Value:
         return self.b.load(p, typ=typ, invariant=True)
 
@@ -757,16 +770,16 @@ class FunctionTranslator:
         return self.hoisted(("desc", index), lambda: self.b.gep(
             maps, [c64(index * L.MAPDESC_SIZE)], source_etype=I8))
 
-    def load_mem(self, addr: ir.Value, size: int, pc: int, signed: bool = False,
-                 kind: kinds.Kind = None) -> ir.Value:
+    def load_mem(self, addr: ir.Value | Callable[[], ir.Value], size: int, pc: int,
+                 signed: bool = False, kind: kinds.Kind = None) -> ir.Value:
         ty = ir.IntType(size * 8)
         v = self.b.load(self.host_ptr(addr, size, False, pc, kind), typ=ty, align=1)
         if size == 8:
             return v
         return self.b.sext(v, I64) if signed else self.b.zext(v, I64)
 
-    def store_mem(self, addr: ir.Value, size: int, value: ir.Value, pc: int,
-                  kind: kinds.Kind = None) -> None:
+    def store_mem(self, addr: ir.Value | Callable[[], ir.Value], size: int, value: ir.Value,
+                  pc: int, kind: kinds.Kind = None) -> None:
         ty = ir.IntType(size * 8)
         p = self.host_ptr(addr, size, True, pc, kind)
         if value.type != ty:
@@ -874,13 +887,17 @@ class FunctionTranslator:
                 end = self.b.add(c64(base.DATA_BASE), self.env_field(L.DATA_LEN, invariant=True))
                 self.set_reg(ins.dst, self.b.and_(end, c64(0xFFFF_FFFF)))
             return
-        addr = self.b.add(self.reg(ins.src), c64(ins.off))
-        self.set_reg(ins.dst, self.load_mem(addr, size, pc, signed=mode == isa.MEMSX,
-                                            kind=kind))
+        src, off = ins.src, ins.off
+        self.set_reg(ins.dst, self.load_mem(lambda: self.b.add(self.reg(src), c64(off)), size,
+                                            pc, signed=mode == isa.MEMSX, kind=kind))
 
     def _store(self, pc: int, ins: isa.Insn) -> None:
         mode, size = ins.op & 0xE0, isa.SIZE_BYTES[ins.op & 0x18]
-        addr = self.b.add(self.reg(ins.dst), c64(ins.off))
+        dst, off = ins.dst, ins.off
+
+        def addr() -> ir.Value:
+            return self.b.add(self.reg(dst), c64(off))
+
         if mode == isa.MEM:
             value = c64(ins.imm) if ins.cls == isa.ST else self.reg(ins.src)
             self.store_mem(addr, size, value, pc, self.kind(pc, ins.dst, ins.off))
@@ -889,7 +906,8 @@ class FunctionTranslator:
         else:
             raise CompileError(f"unsupported store {ins.op:#04x} at slot {pc}")
 
-    def _atomic(self, pc: int, ins: isa.Insn, addr: ir.Value, size: int) -> None:
+    def _atomic(self, pc: int, ins: isa.Insn, addr: Callable[[], ir.Value],
+                size: int) -> None:
         """One thread runs an instance, so atomics are plain read-modify-write."""
         b = self.b
         ty = ir.IntType(size * 8)
