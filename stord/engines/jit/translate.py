@@ -772,9 +772,11 @@ class FunctionTranslator:
 
     def load_mem(self, addr: ir.Value | Callable[[], ir.Value], size: int, pc: int,
                  signed: bool = False, kind: kinds.Kind = None) -> ir.Value:
+        """The value, widened to i64; a 4-byte unsigned load stays i32 (set_reg widens it
+        and keeps the i32 for 32-bit uses, which are common after a 32-bit load)."""
         ty = ir.IntType(size * 8)
         v = self.b.load(self.host_ptr(addr, size, False, pc, kind), typ=ty, align=1)
-        if size == 8:
+        if size == 8 or (size == 4 and not signed):
             return v
         return self.b.sext(v, I64) if signed else self.b.zext(v, I64)
 
