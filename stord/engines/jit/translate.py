@@ -155,7 +155,8 @@ def jump_sccs(insns: list[isa.Insn], start: int, end: int) -> dict[int, int]:
     order = sorted(firsts)
     block_of = {f: k for k, f in enumerate(order)}
     bounds = order[1:] + [end]
-    succ = [[block_of[t] for t in jump_successors(insns, last - 1) if start <= t < end]
+    # (a jump into an lddw's second half, which block_at refuses, has no block: skipped)
+    succ = [[block_of[t] for t in jump_successors(insns, last - 1) if t in block_of]
             for last in bounds]
     n = len(order)
     index = [-1] * n
