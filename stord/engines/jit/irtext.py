@@ -164,17 +164,17 @@ class Function(Value):
         module.add(self)
 
     def fresh(self) -> tuple[int, str]:
-        """A new value: its id and its reference, a placeholder that __str__ turns into
-        the value's number (see __str__)."""
+        """A new value or block: its id and its reference, a placeholder that __str__
+        turns into its number (see __str__). (IRBuilder._value does the same inline: it
+        runs for every instruction.)"""
         n = self.values
         self.values = n + 1
         return n, f"%{{{n}}}"
 
     def append_basic_block(self, name: str = "") -> Block:
         """A new block (unnamed, like the values: `name` is not kept)."""
-        n = self.values
-        self.values = n + 1
-        blk = Block(self, n, f"{{{n}}}")
+        n, ref = self.fresh()
+        blk = Block(self, n, ref[1:])
         self.blocks.append(blk)
         return blk
 
