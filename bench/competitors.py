@@ -52,11 +52,31 @@ def _run_c(src: Path, args: list[str]) -> list[list[str]]:
     return [line.split() for line in r.stdout.splitlines()]
 
 
-def run_baseline(path: str, column: int = VALUE_COLUMN, header: bool = True,
-                 repeat: int = 1) -> list[tuple[int, int, float, float]]:
-    """(rows, sum_hundredths, avg, seconds) per repeat, timed inside the C program."""
+def baseline_args(path: str, column: int = VALUE_COLUMN, header: bool = True,
+                  repeat: int = 1, ranges: list[tuple[int, int]] | None = None) -> list[str]:
+    """avg.c's arguments: FILE COLUMN HEADER REPEAT, then START END per byte range (None:
+    the whole file; each range line-aligned, see avg.c)."""
+    if ranges is not None and not ranges:
+        raise ValueError("ranges: give at least one (start, end), or None for the whole file")
+    args = [path, str(column), str(int(header)), str(repeat)]
+    for start, end in ranges or ():
+        args += [str(start), str(end)]
+    return args
+
+
+def parse_baseline(out: str) -> list[tuple[int, int, float, float]]:
+    """avg.c's output: (rows, sum_hundredths, avg, seconds) per line (one per repeat)."""
     return [(int(rows), int(s), float(avg), float(t)) for rows, s, avg, t in
-            _run_c(BASELINE_SRC, [path, str(column), str(int(header)), str(repeat)])]
+            (line.split() for line in out.splitlines())]
+
+
+def run_baseline(path: str, column: int = VALUE_COLUMN, header: bool = True,
+                 repeat: int = 1, ranges: list[tuple[int, int]] | None = None,
+                 ) -> list[tuple[int, int, float, float]]:
+    """(rows, sum_hundredths, avg, seconds) per repeat, timed inside the C program; with
+    ranges, rows and hundredths are summed over those byte ranges of the file."""
+    return [(int(rows), int(s), float(avg), float(t)) for rows, s, avg, t in
+            _run_c(BASELINE_SRC, baseline_args(path, column, header, repeat, ranges))]
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,7 @@
 """jit figures: compile time of the built-in avg (cold, from the disk cache, from memory) and
-the same file split into ranges (executor.plan_ranges) over 1 vs 2 worker processes."""
+the same file split into ranges (executor.plan_ranges) over 1 vs 2 worker processes, with the
+naive C loop (bench/baseline/avg.c) over the same ranges in 1 vs 2 processes as a control: what
+the shared host gave to any code for that split at the time."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import engines
+from bench import competitors, engines
 from bench.datagen import Dataset
 
 REPO = Path(__file__).resolve().parent.parent
@@ -118,14 +120,57 @@ def plan(path: str, parts: int) -> list[tuple[int, int]]:
         return [tuple(r) for r in plan_ranges(buf, parts)]
 
 
+def _c_processes(exe: Path, ds: Dataset, groups: list[list[tuple[int, int]]]) -> float:
+    """Start one avg.c process per group of ranges, all at once; the wall seconds from the
+    first start until every one has exited (process start included). Raises unless their
+    rows and hundredths, added up, are the dataset's."""
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen([str(exe), *competitors.baseline_args(ds.path, ranges=g)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for g in groups]
+    outs = [p.communicate() for p in procs]
+    t = time.perf_counter() - t0
+    rows = cents = 0
+    for p, (out, err) in zip(procs, outs, strict=True):
+        if p.returncode:
+            raise competitors.BaselineError(f"avg.c exited with {p.returncode}: {err.strip()}")
+        (n, c, _avg, _t), = competitors.parse_baseline(out)
+        rows, cents = rows + n, cents + c
+    if (rows, cents) != (ds.rows, ds.sum_cents):
+        raise RuntimeError(f"C baseline in {len(groups)} process(es): {rows} rows / {cents} "
+                           f"hundredths, expected {ds.rows} / {ds.sum_cents}")
+    return t
+
+
+def _medians(times: dict[int, list[float]]) -> tuple[float, float, float, float]:
+    """(median 1-side time, median 2-side time, their ratio, median of per-round ratios)."""
+    a, b = statistics.median(times[1]), statistics.median(times[2])
+    per_round = statistics.median([x / y for x, y in zip(times[1], times[2], strict=True)])
+    return a, b, a / b, per_round
+
+
 def ranges(ds: Dataset, runs: int, parts: int = 2) -> dict[str, Any]:
+    """The built-in avg over `parts` line-aligned ranges in a pool of 1 vs 2 worker processes,
+    and the naive C loop over the same ranges in 1 process (given them all) vs one process
+    per range (started together). Each round runs the jit's pools (1, then 2), and the C
+    loop's (1, then 2); which of the jit and the C goes first alternates between rounds.
+    Raises when an answer is wrong; a C baseline that cannot be built is noted in c_error
+    and the jit is measured alone."""
     from stord.query.builtins import finish as finish_builtin
     from stord.query.executor import merge_ranges
 
     rs = plan(ds.path, parts)
     jobs = [(ds.path, a, b) for a, b in rs]
+    exe: Path | None = None
+    c_error = ""
+    try:
+        exe = competitors.build_baseline()
+    except (competitors.BaselineError, OSError) as e:
+        c_error = f"C baseline not built: {e}"
+    c_groups = {1: [rs], 2: [[r] for r in rs]}
     ctx = multiprocessing.get_context("spawn")  # no LLVM state inherited through fork
     times: dict[int, list[float]] = {1: [], 2: []}
+    c_times: dict[int, list[float]] = {1: [], 2: []}
     # Both pools live at once and their runs alternate, so a slow spell of this shared
     # machine hits both sides of the ratio rather than one.
     with ctx.Pool(1, initializer=_init, initargs=(ds.path,)) as one, \
@@ -133,7 +178,8 @@ def ranges(ds: Dataset, runs: int, parts: int = 2) -> dict[str, Any]:
         pools = {1: one, 2: two}
         for pool in pools.values():
             pool.map(_warm_range, jobs, chunksize=1)  # imports, jit compile or cache
-        for _ in range(runs):
+
+        def jit_round() -> None:
             for workers, pool in pools.items():
                 t0 = time.perf_counter()
                 results = pool.map(_run_range, jobs, chunksize=1)
@@ -142,10 +188,30 @@ def ranges(ds: Dataset, runs: int, parts: int = 2) -> dict[str, Any]:
                 times[workers].append(time.perf_counter() - t0)
                 if abs(value - ds.avg) > 1e-9 * max(1.0, abs(ds.avg)):
                     raise RuntimeError(f"{workers} workers: avg {value!r}, expected {ds.avg!r}")
-    w1, w2 = statistics.median(times[1]), statistics.median(times[2])
-    return {"ranges": len(rs), "workers1_s": w1, "workers2_s": w2, "speedup": w1 / w2,
-            "mbps1": ds.size / 1e6 / w1, "mbps2": ds.size / 1e6 / w2, "samples": times,
-            "bounds": rs}
+
+        def c_round() -> None:
+            assert exe is not None
+            for procs, groups in c_groups.items():
+                c_times[procs].append(_c_processes(exe, ds, groups))
+
+        sides = [jit_round]
+        if exe is not None:
+            for groups in c_groups.values():
+                _c_processes(exe, ds, groups)  # untimed: checks, and the binary is paged in
+            sides.append(c_round)
+        for i in range(runs):
+            for side in sides if i % 2 == 0 else sides[::-1]:
+                side()
+    w1, w2, speedup, speedup_rounds = _medians(times)
+    out: dict[str, Any] = {
+        "ranges": len(rs), "workers1_s": w1, "workers2_s": w2, "speedup": speedup,
+        "speedup_rounds": speedup_rounds, "mbps1": ds.size / 1e6 / w1,
+        "mbps2": ds.size / 1e6 / w2, "samples": times, "bounds": rs, "c_error": c_error}
+    if exe is not None:
+        c1, c2, c_speedup, c_rounds = _medians(c_times)
+        out.update(c_workers1_s=c1, c_workers2_s=c2, c_speedup=c_speedup,
+                   c_speedup_rounds=c_rounds, c_samples=c_times)
+    return out
 
 
 def run(ds: Dataset, runs: int, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -160,8 +226,17 @@ def run(ds: Dataset, runs: int, log: Callable[[str], None] = print) -> dict[str,
     try:
         r = ranges(ds, runs)
         out["ranges"] = r
-        log(f"  {r['ranges']} ranges: 1 worker {r['workers1_s'] * 1e3:.1f} ms, 2 workers "
-            f"{r['workers2_s'] * 1e3:.1f} ms, speed-up {r['speedup']:.2f}x")
+        line = (f"  {r['ranges']} ranges: 1 worker {r['workers1_s'] * 1e3:.1f} ms, 2 workers "
+                f"{r['workers2_s'] * 1e3:.1f} ms, speed-up {r['speedup']:.2f}x (per round "
+                f"{r['speedup_rounds']:.2f}x)")
+        if r["c_error"]:
+            out["problems"].append(f"ranges, C control: {r['c_error']}".splitlines()[0])
+            line += f"; C loop not measured: {r['c_error']}"
+        else:
+            line += (f"; C loop over the same ranges: 1 process {r['c_workers1_s'] * 1e3:.1f} "
+                     f"ms, 2 processes {r['c_workers2_s'] * 1e3:.1f} ms, "
+                     f"{r['c_speedup']:.2f}x (per round {r['c_speedup_rounds']:.2f}x)")
+        log(line)
     except Exception as e:  # noqa: BLE001
         out["problems"].append(f"ranges: {type(e).__name__}: {e}".splitlines()[0])
         log(f"  ranges FAILED: {e}")

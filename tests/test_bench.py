@@ -94,6 +94,90 @@ def test_c_baseline_equals_duckdb(tmp_path: Path, rows: list[tuple[int, int, str
     assert avg == pytest.approx(davg, rel=1e-12, abs=1e-12)
 
 
+def csv_rows_and_cents(text: str, header: bool) -> tuple[int, int]:
+    """Rows and exact hundredths of the value column, from Python's csv module."""
+    records = list(csv.reader(io.StringIO(text, newline="")))[1 if header else 0:]
+    return len(records), sum(int(Decimal(r[2]) * 100) for r in records)
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.tuples(cents, st.integers(0, 2), st.text("abcxyz_ ", max_size=8)),
+                     min_size=1, max_size=40),
+       header=st.booleans(), trailing_newline=st.booleans(),
+       cuts=st.lists(st.integers(0, 1000), max_size=4), reverse=st.booleans())
+def test_c_baseline_over_ranges_equals_whole_file_and_csv(
+        tmp_path: Path, rows: list[tuple[int, int, str]], header: bool, trailing_newline: bool,
+        cuts: list[int], reverse: bool) -> None:
+    lines = ["id,sensor,value,flag"] if header else []
+    lines += [f"{i},{name},{fmt_value(c, style)},{i % 2}"
+              for i, (c, style, name) in enumerate(rows)]
+    text = "\n".join(lines) + ("\n" if trailing_newline else "")
+    p = tmp_path / "r.csv"
+    p.write_bytes(text.encode())
+    starts = [0]                        # where each line starts: the line-aligned cut points
+    for line in lines[:-1]:
+        starts.append(starts[-1] + len(line) + 1)
+    bounds = sorted({0, len(text), *(starts[c % len(starts)] for c in cuts)})
+    ranges = list(zip(bounds, bounds[1:], strict=False)) or [(0, 0)]
+    if reverse:
+        ranges.reverse()                # the order of the ranges changes nothing
+    want = csv_rows_and_cents(text, header)
+    (n, s, avg, t), = competitors.run_baseline(str(p), header=header, ranges=ranges)
+    assert (n, s) == want
+    assert avg == pytest.approx(s / 100 / n, rel=1e-12) and t >= 0
+    (wn, ws, _, _), = competitors.run_baseline(str(p), header=header)
+    assert (wn, ws) == want
+    # one process per range, as the jit bench runs them: the parts add up to the whole
+    parts = [competitors.run_baseline(str(p), header=header, ranges=[r])[0] for r in ranges]
+    assert (sum(x[0] for x in parts), sum(x[1] for x in parts)) == want
+
+
+def test_c_baseline_over_ranges_repeats_and_generated_data(tmp_path: Path) -> None:
+    from bench import jitbench
+
+    ds = datagen.generate(tmp_path / "g.csv", 50_000, seed=23)
+    rs = jitbench.plan(ds.path, 3)
+    assert len(rs) == 3
+    out = competitors.run_baseline(ds.path, repeat=3, ranges=rs)
+    assert [(n, s) for n, s, _, _ in out] == [(ds.rows, ds.sum_cents)] * 3
+    assert all(t > 0 for *_, t in out)
+    # the header is skipped in the range at 0 only, wherever that range comes in the list
+    (n, s, _, _), = competitors.run_baseline(ds.path, ranges=rs[::-1])
+    assert (n, s) == (ds.rows, ds.sum_cents)
+    with pytest.raises(ValueError):
+        competitors.run_baseline(ds.path, ranges=[])
+
+
+@pytest.mark.parametrize("ranges, message", [
+    (["0"], "pairs"),
+    (["0", "10", "10"], "pairs"),
+    (["10", "5"], "START 10 is after END 5"),
+    (["0", "54"], "ends past the end"),
+    (["0", "21", "21", "1000"], "range 2 [21, 1000) ends past the end"),
+    (["-1", "5"], "byte offsets"),
+    (["0", "x"], "byte offsets"),
+    (["0", "5junk"], "byte offsets"),
+    (["", "5"], "byte offsets"),
+])
+def test_c_baseline_rejects_bad_ranges(tmp_path: Path, ranges: list[str], message: str) -> None:
+    p = tmp_path / "b.csv"
+    p.write_text("id,sensor,value,flag\n1,a,1.50,0\n2,b,-2.25,1\n3,c,10,0\n")
+    assert p.stat().st_size == 53
+    exe = competitors.build_baseline()
+    r = subprocess.run([str(exe), str(p), "2", "1", "1", *ranges], capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and r.stdout == ""
+    assert message in r.stderr
+    ok = subprocess.run([str(exe), str(p), "2", "1", "1", "0", "53"], capture_output=True,
+                        text=True)
+    assert ok.returncode == 0 and ok.stdout.split()[:2] == ["3", "925"]
+    if ranges[1:] and ranges[0].isdigit() and ranges[1].isdigit() and len(ranges) % 2 == 0:
+        pairs = [(int(a), int(b)) for a, b in zip(ranges[::2], ranges[1::2], strict=True)]
+        with pytest.raises(competitors.BaselineError, match="avg.c failed"):
+            competitors.run_baseline(str(p), ranges=pairs)
+
+
 # -- the same-job C baseline (bench/baseline/avg_same.c) against stord and Python's csv ----
 
 STATS = ("rows", "count", "sum", "empty", "skipped", "overflow", "min", "max")
@@ -388,20 +472,113 @@ def test_stord_engines_through_the_executor_are_exact(tmp_path: Path) -> None:
     assert "interp" in ran  # the reference engine runs everywhere
 
 
-def test_jit_ranges_over_two_processes_give_the_exact_average(tmp_path: Path) -> None:
+def test_jit_ranges_over_two_processes_give_the_exact_average(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import stord.query.executor as executor
     from bench import jitbench
     from stord.engines.base import available_engines
 
     if available_engines().get("jit") is not None:
         pytest.skip(f"jit unavailable: {available_engines()['jit']}")
     ds = datagen.generate(tmp_path / "j.csv", 200_000, seed=13)
-    r = jitbench.ranges(ds, 1)  # raises when a merged result differs from the exact one
+    # who ran when: the jit side merges its ranges once per pool, the C side starts its
+    # processes once per 1-process or 2-process run
+    order: list[str] = []
+    merge, c_processes = executor.merge_ranges, jitbench._c_processes
+    monkeypatch.setattr(executor, "merge_ranges",
+                        lambda rs: (order.append("jit"), merge(rs))[1])
+    monkeypatch.setattr(jitbench, "_c_processes",
+                        lambda exe, d, groups: (order.append(f"c{len(groups)}"),
+                                                c_processes(exe, d, groups))[1])
+    r = jitbench.ranges(ds, 2)  # raises when a merged result differs from the exact one
     assert r["ranges"] == 2
     a, b = r["bounds"]
     assert a[0] == 0 and a[1] == b[0] and b[1] == ds.size
     with open(ds.path, "rb") as f:
         data = f.read()
     assert data[a[1] - 1:a[1]] == b"\n"  # the cut is on a record boundary
+    # an untimed C run of each kind, then the rounds: jit first, then C first
+    assert order == ["c1", "c2"] + ["jit", "jit", "c1", "c2"] + ["c1", "c2", "jit", "jit"]
+    assert r["c_error"] == ""
+    for key in ("workers1_s", "workers2_s", "speedup", "speedup_rounds", "c_workers1_s",
+                "c_workers2_s", "c_speedup", "c_speedup_rounds"):
+        assert r[key] > 0, key
+    for samples in (r["samples"], r["c_samples"]):
+        assert sorted(samples) == [1, 2] and all(len(v) == 2 and min(v) > 0
+                                                 for v in samples.values())
+    c = r["c_samples"]
+    assert r["c_speedup"] == pytest.approx(
+        (c[1][0] + c[1][1]) / (c[2][0] + c[2][1]))  # median of two: their mean
+    assert r["c_speedup_rounds"] == pytest.approx((c[1][0] / c[2][0] + c[1][1] / c[2][1]) / 2)
+    md = report.jit_table({"jit": {"ranges": json.loads(json.dumps(r)), "problems": []}})
+    assert "C baseline (avg.c), same 2 ranges, 1 vs 2 processes" in md
+
+
+def test_c_processes_check_the_answer(tmp_path: Path) -> None:
+    from bench import jitbench
+
+    ds = datagen.generate(tmp_path / "k.csv", 20_000, seed=29)
+    exe = competitors.build_baseline()
+    rs = jitbench.plan(ds.path, 2)
+    assert jitbench._c_processes(exe, ds, [rs]) > 0
+    assert jitbench._c_processes(exe, ds, [[r] for r in rs]) > 0
+    bad = datagen.Dataset(**{**vars(ds), "rows": ds.rows + 1})
+    with pytest.raises(RuntimeError, match="2 process"):
+        jitbench._c_processes(exe, bad, [[r] for r in rs])
+    with pytest.raises(competitors.BaselineError, match="ends past the end"):
+        jitbench._c_processes(exe, ds, [[(0, ds.size + 1)]])
+
+
+def test_jit_ranges_without_a_c_compiler_still_measure_the_jit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench import jitbench
+    from stord.engines.base import available_engines
+
+    if available_engines().get("jit") is not None:
+        pytest.skip(f"jit unavailable: {available_engines()['jit']}")
+
+    def no_gcc() -> Path:
+        raise competitors.BaselineError("gcc failed: no gcc here")
+
+    monkeypatch.setattr(competitors, "build_baseline", no_gcc)
+    ds = datagen.generate(tmp_path / "n.csv", 100_000, seed=31)
+    r = jitbench.ranges(ds, 1)
+    assert "no gcc here" in r["c_error"] and "c_speedup" not in r
+    assert r["workers1_s"] > 0 and r["speedup"] > 0
+    # run() logs both and files the missing control as a problem
+    monkeypatch.setattr(jitbench, "compile_times", lambda path, n: {
+        "compile_cold_s": 0.05, "compile_cached_s": 0.001, "compile_memory_s": 0.0001})
+    monkeypatch.setattr(jitbench, "ranges", lambda ds, runs: r)
+    logged: list[str] = []
+    out = jitbench.run(ds, 1, log=logged.append)
+    assert any("C loop not measured" in m and "per round" in m for m in logged)
+    assert out["problems"] == [f"ranges, C control: {r['c_error']}"]
+    ok = dict(r, c_error="", c_workers1_s=0.2, c_workers2_s=0.125, c_speedup=1.6,
+              c_speedup_rounds=1.62)
+    monkeypatch.setattr(jitbench, "ranges", lambda ds, runs: ok)
+    logged.clear()
+    out = jitbench.run(ds, 1, log=logged.append)
+    assert not out["problems"]
+    assert any("C loop over the same ranges: 1 process 200.0 ms, 2 processes 125.0 ms, "
+               "1.60x (per round 1.62x)" in m for m in logged)
+
+
+def test_jit_table_with_and_without_the_c_control() -> None:
+    old = {"ranges": 2, "workers1_s": 0.28, "workers2_s": 0.16, "speedup": 1.75,
+           "mbps1": 460.0, "mbps2": 800.0, "samples": {"1": [0.28], "2": [0.16]},
+           "bounds": [[0, 10], [10, 20]]}
+    table = report.jit_table({"jit": {"ranges": old, "problems": []}})  # results from before
+    assert "speed-up 1.75×" in table and "per-round" not in table and "avg.c" not in table
+    new = dict(old, speedup_rounds=1.78, c_error="", c_workers1_s=0.15, c_workers2_s=0.1,
+               c_speedup=1.5, c_speedup_rounds=1.52)
+    table = report.jit_table({"jit": {"ranges": new, "problems": []}})
+    assert "speed-up 1.75× (median of the per-round ratios 1.78×)" in table
+    c_row = next(line for line in table.splitlines() if "C baseline (avg.c)" in line)
+    cells = [c.strip() for c in c_row.strip("|").split("|")]
+    assert cells[0] == "C baseline (avg.c), same 2 ranges, 1 vs 2 processes"
+    assert cells[1] == "150.00 ms / 100.00 ms"
+    assert cells[2].startswith("speed-up 1.50× (median of the per-round ratios 1.52×)")
+    assert "same rounds" in cells[2]
 
 
 def test_netns_stord_pushdown_returns_only_the_aggregate(tmp_path: Path) -> None:
