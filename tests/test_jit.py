@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -93,6 +95,7 @@ def test_memory_and_disk_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     jit_compile.clear_memory_cache()
     first = jit.load(prog)
     assert first.compiled.source == "compiled"
+    jit_compile.wait_for_upgrades()   # cache files are written by a background thread
     assert list(tmp_path.glob("*.o"))
     assert jit.load(prog).compiled.source == "memory"
     jit_compile.clear_memory_cache()
@@ -122,6 +125,68 @@ def test_damaged_disk_cache_entry_is_recompiled(tmp_path: Path,
     inst = jit.load(prog)
     assert inst.compiled.source == "compiled"
     assert run(jit, prog, CSV) == run(interp, prog, CSV)
+
+
+def test_a_slow_cache_directory_does_not_delay_a_load(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cache files are written by the background thread: a load returns while the writes
+    wait, wait_for_upgrades reports the wait, and the files land once the writer may go."""
+    jit_compile.wait_for_upgrades()
+    monkeypatch.setenv("STORD_JIT_CACHE", str(tmp_path))
+    go = threading.Event()
+    write = jit_compile._write_file
+
+    def slow_write(path: Path, data: bytes) -> None:
+        assert go.wait(30), "the test never let the writer go"
+        write(path, data)
+
+    monkeypatch.setattr(jit_compile, "_write_file", slow_write)
+    jit_compile.clear_memory_cache()
+    prog = stats(col=1, header=1, scale=2)
+    try:
+        inst = jit.load(prog)
+        assert inst.compiled.source == "compiled"
+        assert not list(tmp_path.iterdir())                   # nothing written yet
+        assert jit_compile.wait_for_upgrades(0.05) is False   # the writer is held
+        assert run(jit, prog, CSV) == run(interp, prog, CSV)  # the code runs meanwhile
+    finally:
+        go.set()
+    assert jit_compile.wait_for_upgrades(60) is True
+    names = sorted(p.name.split(".", 1)[1] for p in tmp_path.iterdir())
+    assert names == ["fast.o", "ll", "o"], names              # template, first tier, O2
+    jit_compile.clear_memory_cache()
+    assert jit.load(prog).compiled.source == "disk"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_forked_child_compiles_and_writes_its_cache(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The background thread does not survive fork: the child starts its own, and its
+    loads, O2 code and cache files work."""
+    jit_compile.wait_for_upgrades()   # the parent's thread idle: no lock held at fork
+    jit.load(stats(col=2, header=1))  # the parent has a JIT and a background thread
+    jit_compile.wait_for_upgrades()
+    monkeypatch.setenv("STORD_JIT_CACHE", str(tmp_path))
+    prog = stats(col=0, header=0, scale=3)
+    want = run(interp, prog, CSV)
+    pid = os.fork()
+    if pid == 0:   # the child: report through the exit status only
+        ok = False
+        try:
+            inst = jit.load(prog)
+            ok = inst.compiled.tier == "fast" and decode_run(inst, prog) == want
+            ok = ok and jit_compile.wait_for_upgrades(60)
+            ok = ok and jit.load(prog).compiled.tier == "o2"
+            ok = ok and len(list(tmp_path.glob("*.o"))) == 2
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def decode_run(inst: JitInstance, prog: Program) -> dict:
+    inst.run_chunk(CSV, 0, True)
+    return decode(prog, inst.read_state())
 
 
 # -- the sandbox ----------------------------------------------------------------------------
@@ -478,5 +543,6 @@ def test_first_tier_code_serves_every_parameter_set(tmp_path: Path,
         results.append(decode(prog, inst.read_state()))
         assert results[-1] == run(interp, prog, CSV)
     assert results[0] != results[1] and results[0] != results[2]
+    jit_compile.wait_for_upgrades()   # the .fast.o is on disk
     jit_compile.clear_memory_cache()
     assert jit.load(progs[1]).compiled.source == "disk"    # the shared .fast.o
