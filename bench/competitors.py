@@ -43,13 +43,13 @@ def build_baseline() -> Path:
     return build_c(BASELINE_SRC)
 
 
-def _run_c(src: Path, args: list[str]) -> list[list[str]]:
-    """Build and run a baseline; its output lines split into fields (one line per repeat)."""
+def _run_c(src: Path, args: list[str]) -> str:
+    """Build and run a baseline; its output (one line per repeat)."""
     exe = build_c(src)
     r = subprocess.run([str(exe), *args], capture_output=True, text=True)
     if r.returncode:
         raise BaselineError(f"{src.name} failed: {r.stderr.strip()}")
-    return [line.split() for line in r.stdout.splitlines()]
+    return r.stdout
 
 
 def baseline_args(path: str, column: int = VALUE_COLUMN, header: bool = True,
@@ -75,8 +75,8 @@ def run_baseline(path: str, column: int = VALUE_COLUMN, header: bool = True,
                  ) -> list[tuple[int, int, float, float]]:
     """(rows, sum_hundredths, avg, seconds) per repeat, timed inside the C program; with
     ranges, rows and hundredths are summed over those byte ranges of the file."""
-    return [(int(rows), int(s), float(avg), float(t)) for rows, s, avg, t in
-            _run_c(BASELINE_SRC, baseline_args(path, column, header, repeat, ranges))]
+    return parse_baseline(_run_c(BASELINE_SRC,
+                                 baseline_args(path, column, header, repeat, ranges)))
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def run_same_job(path: str, column: int = VALUE_COLUMN, header: bool = True,
                  repeat: int = 1, scale: int = 4, delimiter: str = ",") -> list[SameJob]:
     args = [path, str(column), str(int(header)), str(repeat), str(scale), delimiter]
     return [SameJob(*(int(x) for x in f[:8]), float(f[8]), float(f[9]))
-            for f in _run_c(SAME_JOB_SRC, args)]
+            for f in map(str.split, _run_c(SAME_JOB_SRC, args).splitlines())]
 
 
 def stord_avg_scale() -> int:
