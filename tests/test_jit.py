@@ -14,7 +14,14 @@ import pytest
 from stord.engines.base import MAP_STRIDE, get_engine, map_base
 from stord.engines.jit import compile as jit_compile
 from stord.engines.jit.engine import JitInstance
-from stord.errors import BudgetExceeded, LoadError, ProgramFault, StordError
+from stord.errors import (
+    BudgetExceeded,
+    CompileError,
+    LoadError,
+    ProgramFault,
+    StordError,
+    ValidationError,
+)
 from stord.program import isa
 from stord.program.elf import load_object
 from stord.program.isa import Insn
@@ -125,6 +132,32 @@ def test_damaged_disk_cache_entry_is_recompiled(tmp_path: Path,
     inst = jit.load(prog)
     assert inst.compiled.source == "compiled"
     assert run(jit, prog, CSV) == run(interp, prog, CSV)
+
+
+def test_validation_runs_beside_llvm_and_its_error_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checks run while LLVM compiles the translation: a program they refuse gets their
+    error whatever LLVM does with it, and no code of it is kept."""
+    bad = Program("bad", "xdp", [Insn(isa.ALU64 | isa.MOV | isa.K, 0, 1, 0, 7),   # src set
+                                 Insn(isa.EXIT_OP)])
+    good = Program("good", "xdp", [Insn(isa.ALU64 | isa.MOV | isa.K, 0, 0, 0, 7),
+                                   Insn(isa.EXIT_OP)])
+    jit_compile.clear_memory_cache()
+    with pytest.raises(ValidationError, match="source register must be 0"):
+        jit.load(bad)                       # LLVM compiled it; the checks refused it
+
+    def llvm_refuses(*_args: object, **_kw: object) -> None:
+        raise CompileError("jit: LLVM rejected the translated program: (test)")
+
+    monkeypatch.setattr(jit_compile, "optimise", llvm_refuses)
+    with pytest.raises(ValidationError, match="source register must be 0"):
+        jit.load(bad)
+    with pytest.raises(CompileError, match="LLVM rejected"):
+        jit.load(good)                      # a valid program gets LLVM's error
+    monkeypatch.undo()
+    with pytest.raises(ValidationError):
+        jit.load(bad)                       # nothing of it was kept
+    inst = jit.load(good)
+    assert inst.compiled.source == "compiled"
 
 
 def test_a_slow_cache_directory_does_not_delay_a_load(tmp_path: Path,

@@ -26,8 +26,10 @@ import time
 import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import llvmlite
 import llvmlite.binding as llvm
@@ -63,7 +65,7 @@ class Compiled:
     key: str
     entry: ctypes._CFuncPtr        # i64 stord_entry(env*, r1, r2)
     engine: llvm.ResourceTracker   # keeps the code mapped
-    seconds: float                 # translate + optimise + emit (0 when loaded from disk)
+    seconds: float                 # validate, translate, optimise, emit (0 from a cache)
     source: str                    # "compiled", "disk" or "memory"
     tier: str = "o2"               # "fast" until the background O2 code replaces it
     slot: Slot = field(default_factory=Slot)
@@ -218,12 +220,17 @@ def build_ir(prog: Program, helpers: str, fresh: bool = False,
     return text
 
 
-def optimise(ir_text: str, pipeline: str = "fast") -> llvm.ModuleRef:
+def optimise(ir_text: str, pipeline: str = "fast",
+             parsing: Callable[[], None] | None = None) -> llvm.ModuleRef:
+    """`parsing` is called just before LLVM parses the text (see compile_object)."""
     tm = target_machine()
+    # a context of its own: the background O2 compiles run in other threads, and an
+    # LLVMContext (llvmlite's global one by default) must not be shared between threads
+    context = llvm.create_context()
+    if parsing is not None:
+        parsing()
     try:
-        # a context of its own: the background O2 compiles run in other threads, and an
-        # LLVMContext (llvmlite's global one by default) must not be shared between threads
-        mod = llvm.parse_assembly(ir_text, context=llvm.create_context())
+        mod = llvm.parse_assembly(ir_text, context=context)
         mod.verify()
     except RuntimeError as e:
         raise CompileError(f"jit: LLVM rejected the translated program: {e}") from e
@@ -247,12 +254,44 @@ def optimise(ir_text: str, pipeline: str = "fast") -> llvm.ModuleRef:
     return mod
 
 
-def compile_object(prog: Program, helpers: str, pipeline: str = "fast") -> bytes:
+def compile_object(prog: Program, helpers: str, pipeline: str = "fast",
+                   validate: Callable[[], None] | None = None) -> bytes:
     """`pipeline` "o2": parameters folded, the full optimiser; "fast": the first tier, whose
-    object does not depend on the parameter values (see get_compiled)."""
+    object does not depend on the parameter values (see get_compiled). `validate` (the
+    program's checks, Python) runs on the foreground thread while LLVM compiles on this one
+    (LLVM releases the GIL); the object is returned only if they pass. The translator is
+    safe on any input (it checks what it relies on), so translating first only changes
+    which error an invalid program gets: the validator's, always."""
     const = pipeline == "o2"
     try:
-        mod = optimise(build_ir(prog, helpers, const_params=const), pipeline)
+        text = build_ir(prog, helpers, const_params=const)
+    except Exception:
+        if validate is not None:
+            validate()
+        raise
+    if validate is None:
+        return _optimise_emit(prog, helpers, text, pipeline)
+    checked: list[Future[None]] = []
+    try:
+        # The checks start when LLVM starts to parse (it keeps the GIL free for longer
+        # than they take), not before: both are Python until then and would take turns.
+        obj = _optimise_emit(prog, helpers, text, pipeline,
+                             lambda: checked.append(_foreground.call(validate)))
+    except Exception:
+        if checked:   # an invalid program: the validator's error says why
+            checked[-1].result()
+        else:
+            validate()
+        raise
+    checked[-1].result()
+    return obj
+
+
+def _optimise_emit(prog: Program, helpers: str, text: str, pipeline: str,
+                   parsing: Callable[[], None] | None = None) -> bytes:
+    const = pipeline == "o2"
+    try:
+        mod = optimise(text, pipeline, parsing)
     except CompileError:   # a damaged template
         mod = optimise(build_ir(prog, helpers, fresh=True, const_params=const), pipeline)
     return (target_machine() if const else fast_target_machine()).emit_object(mod)
@@ -284,6 +323,7 @@ def warm_up() -> None:
     fast_target_machine()
     _jit()
     _submit(lambda: None)   # starts the background thread
+    _foreground.call(lambda: None).result()   # and the foreground one
     _libc_symbols()
     _build_tag()
     probe = Program("warm_up", "", [Insn(isa.ALU64 | isa.MOV | isa.K, 0, 0, 0, 42),
@@ -338,44 +378,74 @@ def _write_file(path: Path, data: bytes) -> None:
         pass  # a read-only or full cache directory only costs a recompile
 
 
-# Background work, in order on one daemon thread per process: the O2 compiles and the cache
-# file writes. A load only queues them: a thread start and a load's two cache writes
-# measured 1 ms and 0.8-2 ms of a ~50 ms cold compile; a write that never happens only costs
-# a compile later. One thread also keeps concurrent loads from running several O2 compiles
-# against the chunks of the queries. A daemon thread, so that exit never waits on a long O2
-# compile for longer than wait_for_upgrades's timeout (atexit).
-_jobs: deque[Callable[[], None]] = deque()
-_jobs_cv = threading.Condition()
-_running = 0   # jobs taken by the thread, not yet done
-_worker: threading.Thread | None = None
+T = TypeVar("T")
+
+
+class _JobThread:
+    """Jobs run in order on one daemon thread, started on first use (and again in a forked
+    child, whose copy of the thread did not survive). A daemon thread, so that exit never
+    waits on a long O2 compile for longer than wait_for_upgrades's timeout (atexit)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.jobs: deque[Callable[[], None]] = deque()
+        self.cv = threading.Condition()
+        self.running = 0   # jobs taken by the thread, not yet done
+        self.thread: threading.Thread | None = None
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self.cv:
+            self.jobs.append(job)
+            self.cv.notify_all()   # (waiters in wait() use the same condition)
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+                self.thread.start()
+
+    def call(self, fn: Callable[[], T]) -> Future[T]:
+        """Run fn on the thread; its result or exception comes back through the future."""
+        fut: Future[T] = Future()
+
+        def job() -> None:
+            try:
+                fut.set_result(fn())
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                fut.set_exception(e)
+
+        self.submit(job)
+        return fut
+
+    def wait(self, timeout: float | None) -> bool:
+        with self.cv:
+            return self.cv.wait_for(lambda: not self.jobs and not self.running, timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self.cv:
+                self.cv.wait_for(lambda: self.jobs)
+                job = self.jobs.popleft()
+                self.running += 1
+            try:
+                job()
+            except Exception:  # noqa: BLE001, S110 - a failed O2 compile leaves the fast code
+                pass           # serving, a failed write a recompile later: nothing to report
+            finally:
+                with self.cv:
+                    self.running -= 1
+                    self.cv.notify_all()
+
+
+# Background work: the O2 compiles and the cache file writes, in order. A load only queues
+# them: a thread start and a load's two cache writes measured 1 ms and 0.8-2 ms of a ~50 ms
+# cold compile; a write that never happens only costs a compile later. One thread also keeps
+# concurrent loads from running several O2 compiles against the chunks of the queries.
+_background = _JobThread("stord-jit-background")
+# A load's own LLVM work (parse, verify, passes, emit: LLVM releases the GIL), so that the
+# program's validation, in Python, runs beside it on the loading thread (compile_object).
+_foreground = _JobThread("stord-jit-compile")
 
 
 def _submit(job: Callable[[], None]) -> None:
-    global _worker
-    with _jobs_cv:
-        _jobs.append(job)
-        _jobs_cv.notify_all()   # (waiters in wait_for_upgrades use the same condition)
-        if _worker is None or not _worker.is_alive():   # first use, or a forked child
-            _worker = threading.Thread(target=_run_jobs, name="stord-jit-background",
-                                       daemon=True)
-            _worker.start()
-
-
-def _run_jobs() -> None:
-    global _running
-    while True:
-        with _jobs_cv:
-            _jobs_cv.wait_for(lambda: _jobs)
-            job = _jobs.popleft()
-            _running += 1
-        try:
-            job()
-        except Exception:  # noqa: BLE001, S110 - a failed O2 compile leaves the fast code
-            pass           # serving, a failed write a recompile later: nothing to report
-        finally:
-            with _jobs_cv:
-                _running -= 1
-                _jobs_cv.notify_all()
+    _background.submit(job)
 
 
 def get_compiled(prog: Program, helpers: str,
@@ -429,10 +499,8 @@ def _from_disk(key: str, suffix: str) -> Compiled | None:
 def _compile(prog: Program, helpers: str, pipeline: str, key: str, suffix: str,
              validate: Callable[[], None] | None) -> Compiled:
     """Validate, compile, link, and keep the object on disk under key + suffix."""
-    if validate is not None:
-        validate()
     t0 = time.perf_counter()
-    obj = compile_object(prog, helpers, pipeline)
+    obj = compile_object(prog, helpers, pipeline, validate)
     c = _load(key, obj, time.perf_counter() - t0, "compiled")
     _disk_write(key, obj, suffix)
     return c
@@ -485,18 +553,16 @@ def _start_upgrade(prog: Program, helpers: str, key: str, slot: Slot) -> None:
 def wait_for_upgrades(timeout: float | None = None) -> bool:
     """Wait for the queued O2 compiles and cache file writes (tests, benchmarks, interpreter
     exit). False when `timeout` seconds passed first."""
-    with _jobs_cv:
-        return _jobs_cv.wait_for(lambda: not _jobs and not _running, timeout)
+    return _background.wait(timeout)
 
 
 def _after_fork_in_child() -> None:
-    global _lock, _tlock, _jobs_cv, _running, _worker
+    global _lock, _tlock, _background, _foreground
     _lock = threading.Lock()   # a compile thread of the parent may have held them
     _tlock = threading.Lock()
-    _jobs_cv = threading.Condition()   # the parent's thread did not survive; its jobs
-    _jobs.clear()                      # are the parent's to finish
-    _running = 0
-    _worker = None
+    # the parent's threads did not survive; their jobs are the parent's to finish
+    _background = _JobThread(_background.name)
+    _foreground = _JobThread(_foreground.name)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
