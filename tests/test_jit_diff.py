@@ -183,6 +183,27 @@ def test_builtin_same_state_as_interp(name: str, params: dict, seed: int, messy:
     assert got[1] == want[1]
 
 
+def test_builtins_loaded_back_to_back_same_state_as_interp(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no cache, each load compiles its first tier on this thread while the O2 code of
+    the programs before it compiles on the background thread: LLVM runs in both at once
+    (compile._unserialise_llvmlite). Every program's state, on the code it had then and on
+    its O2 code after, is the interp's."""
+    from stord.engines.jit import compile as jit_compile
+
+    monkeypatch.setenv("STORD_JIT_CACHE", "off")
+    jit_compile.wait_for_upgrades()
+    jit_compile.clear_memory_cache()
+    data = gen_csv(4, 300, messy=True)
+    progs = [builtin(name, params) for name, params in BUILTIN_CASES]
+    want = [run_chunks(interp, prog, data, 4096 + 17) for prog in progs]
+    got = [run_chunks(jit, prog, data, 4096 + 17) for prog in progs]
+    assert got == want
+    assert jit_compile.wait_for_upgrades(120)
+    assert all(jit.load(prog).compiled.tier == "o2" for prog in progs)
+    assert [run_chunks(jit, prog, data, 4096 + 17) for prog in progs] == want
+
+
 # -- map helpers, bpf_loop and faults from C ----------------------------------------------------
 
 MAPS_C = r"""

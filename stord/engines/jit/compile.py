@@ -71,6 +71,28 @@ class Compiled:
     slot: Slot = field(default_factory=Slot)
 
 
+def _unserialise_llvmlite() -> None:
+    """llvmlite runs every LLVM call of the process under one lock, for users that share
+    its global LLVMContext. stord's compiles share no context, module or target machine
+    between threads (optimise), which LLVM supports (ORC compiles concurrently the same
+    way), and with the lock a load waited for the whole of another program's background
+    O2 pass run: a cold load right after another measured 260-350 ms instead of 60-85.
+    The lock is an internal of llvmlite: if it is not where expected, calls stay
+    serialised (slower, not wrong)."""
+    inner = getattr(getattr(getattr(llvm, "ffi", None), "lib", None), "_lock", None)
+    if inner is not None and hasattr(inner, "_lock"):
+        inner._lock = _NoLock()
+
+
+class _NoLock:
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        return True
+
+    def release(self) -> None:
+        pass
+
+
+_unserialise_llvmlite()
 _lock = threading.Lock()
 _machine: llvm.TargetMachine | None = None
 _fast_machine: llvm.TargetMachine | None = None
@@ -223,7 +245,10 @@ def build_ir(prog: Program, helpers: str, fresh: bool = False,
 def optimise(ir_text: str, pipeline: str = "fast",
              parsing: Callable[[], None] | None = None) -> llvm.ModuleRef:
     """`parsing` is called just before LLVM parses the text (see compile_object)."""
-    tm = target_machine()
+    # each tier's own target machine: a loading thread's first tier and the background
+    # thread's O2 compile run at once, and one TargetMachine must not serve two threads
+    # (it caches subtargets lazily)
+    tm = target_machine() if pipeline == "o2" else fast_target_machine()
     # a context of its own: the background O2 compiles run in other threads, and an
     # LLVMContext (llvmlite's global one by default) must not be shared between threads
     context = llvm.create_context()
