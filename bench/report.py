@@ -125,6 +125,11 @@ def jit_table(res: dict[str, Any]) -> str:
         rows.append(["compile `avg` from cache", _ms(j["compile_cached_s"]) + " ms",
                      f"{j['compile_cold_s'] / j['compile_cached_s']:,.0f}× faster"
                      if j.get("compile_cached_s") else ""])
+    if j.get("compile_beside_s"):
+        rows.append(["compile `count` cold, while `avg`'s O2 code compiles",
+                     _ms(j["compile_beside_s"]) + " ms",
+                     "median, each in a fresh process: a cold load of avg, then at once one of "
+                     "count (a worker's next query while the last one's O2 compile runs)"])
     r = j.get("ranges")
     if r:
         rows.append([f"{r['ranges']} ranges, 1 worker process", _ms(r["workers1_s"]) + " ms",

@@ -547,7 +547,8 @@ def test_jit_ranges_without_a_c_compiler_still_measure_the_jit(
     assert r["workers1_s"] > 0 and r["speedup"] > 0
     # run() logs both and files the missing control as a problem
     monkeypatch.setattr(jitbench, "compile_times", lambda path, n: {
-        "compile_cold_s": 0.05, "compile_cached_s": 0.001, "compile_memory_s": 0.0001})
+        "compile_cold_s": 0.05, "compile_cached_s": 0.001, "compile_memory_s": 0.0001,
+        "compile_beside_s": 0.06})
     monkeypatch.setattr(jitbench, "ranges", lambda ds, runs: r)
     logged: list[str] = []
     out = jitbench.run(ds, 1, log=logged.append)
@@ -561,6 +562,30 @@ def test_jit_ranges_without_a_c_compiler_still_measure_the_jit(
     assert not out["problems"]
     assert any("C loop over the same ranges: 1 process 200.0 ms, 2 processes 125.0 ms, "
                "1.60x (per round 1.62x)" in m for m in logged)
+
+
+def test_jit_compile_probes_time_real_loads(tmp_path: Path) -> None:
+    """The compile figures come from loads in fresh processes: the cold one leaves avg's
+    template, first-tier and O2 code on disk and the next process loads from them; the
+    other probe loads count cold right after avg, and both programs' code lands."""
+    from bench import jitbench
+
+    ds = datagen.generate(tmp_path / "p.csv", 20_000, seed=5)
+    cache = tmp_path / "cache"
+    cold = jitbench._probe_subprocess(ds.path, str(cache))
+    assert cold["first_s"] > 0 and cold["o2_ready_s"] >= cold["first_s"]
+    assert cold["cache_files"] == 3
+    again = jitbench._probe_subprocess(ds.path, str(cache))
+    assert again["cache_files"] == 3 and again["first_s"] > 0
+    other = tmp_path / "other"
+    beside = jitbench._probe_subprocess(ds.path, str(other), "beside")
+    assert beside["beside_s"] > 0
+    kinds = sorted(p.name.split(".", 1)[1] for p in other.iterdir())
+    assert kinds == ["fast.o", "fast.o", "ll", "ll", "o", "o"], kinds
+    table = report.jit_table({"jit": {"compile_cold_s": cold["first_s"],
+                                      "compile_cached_s": again["first_s"],
+                                      "compile_beside_s": beside["beside_s"]}})
+    assert "compile `count` cold, while `avg`'s O2 code compiles" in table
 
 
 def test_jit_table_with_and_without_the_c_control() -> None:
