@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stord.engines.base import get_engine
 from stord.engines.interp.engine import InterpEngine
+from stord.engines.jit.runtime import LINUX_HELPERS
 from stord.errors import ValidationError
 from stord.program import isa
 from stord.program.asm import assemble
@@ -189,3 +192,72 @@ def test_callx_only_for_conformance() -> None:
     p = prog("mov %r2, 2\ncall %r2\nexit")
     rejects(p, "callx")
     validate(p, {0, 1, 2, 3, 4, 5}, allow_callx=True)
+
+
+# Opcodes of every class (and a few that are not opcodes), for programs that are mostly
+# nearly valid: the interesting refusals are the ones next to valid code.
+_OPS = sorted({*(c | m for c in (isa.ALU, isa.ALU64) for m in range(0, 0xE0, 0x10)
+                 for m in (m, m | isa.X)),
+               *(c | m for c in (isa.JMP, isa.JMP32) for m in range(0, 0xF0, 0x10)
+                 for m in (m, m | isa.X)),
+               *(c | s | mode for c in (isa.LDX, isa.ST, isa.STX)
+                 for s in (0x00, 0x08, 0x10, 0x18) for mode in (isa.MEM, isa.MEMSX, isa.ATOMIC)),
+               isa.LDDW, 0x00, 0x20, 0xFF})
+
+
+@st.composite
+def near_programs(draw: st.DrawFn) -> Program:
+    """A valid program (ALU, forward jumps, stack loads and stores, map and function lddw,
+    a local call, exit), then one field of one instruction set at random."""
+    body: list[Insn] = []
+    for _ in range(draw(st.integers(1, 8))):
+        kind = draw(st.sampled_from(["alu", "jmp", "ld", "st", "lddw"]))
+        r = draw(st.integers(0, 9))
+        if kind == "alu":
+            op = draw(st.sampled_from([isa.ALU64 | isa.MOV, isa.ALU | isa.ADD,
+                                       isa.ALU64 | isa.DIV | isa.X]))
+            body.append(Insn(op, r, draw(st.integers(0, 9)), 0, 0) if op & isa.X else
+                        Insn(op, r, 0, 0, draw(st.integers(-3, 3))))
+        elif kind == "jmp":
+            body.append(Insn(isa.JMP | isa.JEQ, r, 0, 0, 1))   # off fixed below
+        elif kind == "ld":
+            body.append(Insn(isa.LDX | isa.MEM | isa.DW, r, 10, -8, 0))
+        elif kind == "st":
+            body.append(Insn(isa.STX | isa.MEM | isa.DW, 10, r, -8, 0))
+        else:
+            body += [Insn(isa.LDDW, r, draw(st.sampled_from([0, isa.PSEUDO_MAP_FD])), 0, 0),
+                     Insn(0)]
+    n = len(body)
+    insns = [ins._replace(off=draw(st.integers(0, n - 1 - i))) if ins.op == isa.JMP | isa.JEQ
+             else ins for i, ins in enumerate(body)]
+    insns += [Insn(isa.CALL_OP, 0, isa.PSEUDO_CALL, 0, 1), EXIT,
+              Insn(isa.ALU64 | isa.MOV, 0, 0, 0, 7), EXIT]
+    if draw(st.booleans()):   # one field of one instruction, anything
+        k = draw(st.integers(0, len(insns) - 1))
+        field = draw(st.sampled_from(["op", "dst", "src", "off", "imm"]))
+        value = draw(st.sampled_from(_OPS) if field == "op" else
+                     st.integers(0, 15) if field in ("dst", "src") else
+                     st.integers(-(1 << 15), (1 << 15) - 1) if field == "off" else
+                     st.sampled_from([0, 1, 2, 5, -1, -7, 181, 0x7FFF_FFFF, -(1 << 31)]))
+        insns[k] = insns[k]._replace(**{field: value})
+    return prog(insns, [ARRAY, HASH])
+
+
+@given(near_programs())
+@settings(max_examples=300, deadline=None)
+def test_engines_refuse_what_the_validator_refuses(p: Program) -> None:
+    """Random near-valid programs: interp and jit refuse exactly the programs the validator
+    refuses, with its message (the jit translates and compiles while the checks run: no
+    translator or LLVM error may stand in for them), and load the rest."""
+    try:
+        validate(p, set(LINUX_HELPERS))
+        want = None
+    except ValidationError as e:
+        want = str(e)
+    for engine in (InterpEngine(), get_engine("jit")):
+        try:
+            engine.load(p).close()
+            got = None
+        except ValidationError as e:
+            got = str(e)
+        assert got == want, (engine.name, p.insns)

@@ -283,10 +283,11 @@ def compile_object(prog: Program, helpers: str, pipeline: str = "fast",
                    validate: Callable[[], None] | None = None) -> bytes:
     """`pipeline` "o2": parameters folded, the full optimiser; "fast": the first tier, whose
     object does not depend on the parameter values (see get_compiled). `validate` (the
-    program's checks, Python) runs on the foreground thread while LLVM compiles on this one
-    (LLVM releases the GIL); the object is returned only if they pass. The translator is
-    safe on any input (it checks what it relies on), so translating first only changes
-    which error an invalid program gets: the validator's, always."""
+    program's checks, Python) runs on the checker thread while LLVM compiles on this one
+    (LLVM releases the GIL); the object is returned only if they pass. Translating an
+    invalid program ends in an exception or in code that is never used, so translating
+    first only changes which error such a program gets: the validator's, always (checked
+    on random near-valid programs in tests/test_validate.py)."""
     const = pipeline == "o2"
     try:
         text = build_ir(prog, helpers, const_params=const)
@@ -301,7 +302,7 @@ def compile_object(prog: Program, helpers: str, pipeline: str = "fast",
         # The checks start when LLVM starts to parse (it keeps the GIL free for longer
         # than they take), not before: both are Python until then and would take turns.
         obj = _optimise_emit(prog, helpers, text, pipeline,
-                             lambda: checked.append(_foreground.call(validate)))
+                             lambda: checked.append(_checker.call(validate)))
     except Exception:
         if checked:   # an invalid program: the validator's error says why
             checked[-1].result()
@@ -347,8 +348,8 @@ def warm_up() -> None:
     real load. Nothing is cached. JitEngine.probe runs it."""
     fast_target_machine()
     _jit()
-    _submit(lambda: None)   # starts the background thread
-    _foreground.call(lambda: None).result()   # and the foreground one
+    _background.submit(lambda: None)   # starts the background thread
+    _checker.call(lambda: None).result()   # and the checks' one
     _libc_symbols()
     _build_tag()
     probe = Program("warm_up", "", [Insn(isa.ALU64 | isa.MOV | isa.K, 0, 0, 0, 42),
@@ -389,7 +390,7 @@ def _disk_write(key: str, data: bytes, suffix: str = ".o") -> None:
     d = cache_dir()
     if d is not None:
         path = d / f"{key}{suffix}"
-        _submit(lambda: _write_file(path, data))
+        _background.submit(lambda: _write_file(path, data))
 
 
 def _write_file(path: Path, data: bytes) -> None:
@@ -464,13 +465,9 @@ class _JobThread:
 # cold compile; a write that never happens only costs a compile later. One thread also keeps
 # concurrent loads from running several O2 compiles against the chunks of the queries.
 _background = _JobThread("stord-jit-background")
-# A load's own LLVM work (parse, verify, passes, emit: LLVM releases the GIL), so that the
-# program's validation, in Python, runs beside it on the loading thread (compile_object).
-_foreground = _JobThread("stord-jit-compile")
-
-
-def _submit(job: Callable[[], None]) -> None:
-    _background.submit(job)
+# A load's checks of its program (validate.py, Python), run while LLVM compiles the
+# translation on the loading thread (compile_object).
+_checker = _JobThread("stord-jit-checks")
 
 
 def get_compiled(prog: Program, helpers: str,
@@ -572,7 +569,7 @@ def _start_upgrade(prog: Program, helpers: str, key: str, slot: Slot) -> None:
                 _memory[key] = c
         _disk_write(key, obj, ".o")
 
-    _submit(work)
+    _background.submit(work)
 
 
 def wait_for_upgrades(timeout: float | None = None) -> bool:
@@ -582,12 +579,12 @@ def wait_for_upgrades(timeout: float | None = None) -> bool:
 
 
 def _after_fork_in_child() -> None:
-    global _lock, _tlock, _background, _foreground
+    global _lock, _tlock, _background, _checker
     _lock = threading.Lock()   # a compile thread of the parent may have held them
     _tlock = threading.Lock()
     # the parent's threads did not survive; their jobs are the parent's to finish
     _background = _JobThread(_background.name)
-    _foreground = _JobThread(_foreground.name)
+    _checker = _JobThread(_checker.name)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
