@@ -521,3 +521,22 @@ def test_sigterm_lets_in_flight_query_finish(daemon_factory, engine) -> None:
     events = [r["event"] for r in d.log_lines()]
     assert "shutdown_cancel" not in events and events[-1] == "stopped"
     assert "raw" not in events  # no traceback from tearing connections down
+
+
+@pytest.mark.parametrize("engine", ["jit", "interp"])
+def test_workers_set_up_the_default_engine_before_the_first_query(daemon_factory,
+                                                                   engine: str) -> None:
+    """A worker sets up the daemon's default engine while the daemon starts (for the jit:
+    LLVM's target machines, its JIT and threads), not in its first query: before any query,
+    every worker has LLVM loaded when the default is the jit, and not otherwise; the first
+    query then gives the interp's answer."""
+    d = daemon_factory(f"warm-{engine}", extra=f'engine = "{engine}"')
+    with Client(d.address, token=ALICE) as c:
+        pids = c.stats()["worker_pids"]
+        assert len(pids) == 2
+        for pid in pids:
+            maps = Path(f"/proc/{pid}/maps").read_text()
+            assert ("libllvmlite" in maps) == (engine == "jit"), (engine, pid)
+        got = c.query("data/sensors.csv", "count", engine=engine).value
+        want = c.query("data/sensors.csv", "count", engine="interp").value
+        assert got == want == SENSORS_ROWS + 1   # every record (no header parameter)

@@ -112,7 +112,7 @@ class Daemon:
         else:  # default_engine()'s choice, from the probes just made
             self.default_engine = next((n for n in DEFAULT_ENGINE_ORDER
                                         if self.engines.get(n) is None), "interp")
-        await self.pool.start()
+        await self.pool.start(self.default_engine)
         self.server = await asyncio.start_server(
             self._on_connect, self.config.host, self.config.port,
             limit=64 << 10, reuse_address=True)

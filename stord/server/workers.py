@@ -124,9 +124,16 @@ def build_program(task: dict[str, Any]) -> Any:
 def run_task(task: dict[str, Any], cache: ProgramCache) -> Any:
     op = task["op"]
     if op == "warm":
-        # Import what queries need now, while the daemon starts, not in the first query.
+        # Import what queries need now, while the daemon starts, not in the first query; and
+        # set up the default engine (the jit's LLVM target, JIT and threads, ~40-70 ms cold).
         import stord.query.builtins  # noqa: F401
         import stord.query.executor  # noqa: F401
+        if task.get("engine"):
+            from stord.engines.base import get_engine
+            try:
+                get_engine(task["engine"])
+            except StordError:
+                pass   # not usable here: the queries that ask for it get the reason
         return os.getpid()
     if op == "plan":
         import mmap
@@ -262,13 +269,14 @@ class WorkerPool:
         self.closing = False
         self._watchdog: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
+    async def start(self, engine: str | None = None) -> None:
+        """Start the workers and warm them up (imports done, `engine` set up) before the
+        daemon says it is listening."""
         for _ in range(self.size):
             self._release(self._spawn())
         self._watchdog = asyncio.get_running_loop().create_task(self._watch())
-        # Warm every worker up (imports done) before the daemon says it is listening.
-        warm = await asyncio.gather(*(self.run({"op": "warm"}) for _ in range(self.size)),
-                                    return_exceptions=True)
+        warm = await asyncio.gather(*(self.run({"op": "warm", "engine": engine})
+                                      for _ in range(self.size)), return_exceptions=True)
         for r in warm:
             if isinstance(r, BaseException):  # a replacement is already in the pool
                 self.log.warning("worker_warmup_failed", error=str(r))
