@@ -529,7 +529,7 @@ def test_workers_set_up_the_default_engine_before_the_first_query(daemon_factory
     """A worker sets up the daemon's default engine while the daemon starts (for the jit:
     LLVM's target machines, its JIT and threads), not in its first query: before any query,
     every worker has LLVM loaded when the default is the jit, and not otherwise; the first
-    query then gives the interp's answer."""
+    query then gives the interp's answer. So does a worker that replaces a dead one."""
     d = daemon_factory(f"warm-{engine}", extra=f'engine = "{engine}"')
     with Client(d.address, token=ALICE) as c:
         pids = c.stats()["worker_pids"]
@@ -540,3 +540,16 @@ def test_workers_set_up_the_default_engine_before_the_first_query(daemon_factory
         got = c.query("data/sensors.csv", "count", engine=engine).value
         want = c.query("data/sensors.csv", "count", engine="interp").value
         assert got == want == SENSORS_ROWS + 1   # every record (no header parameter)
+        if engine != "jit":
+            return
+        # a worker that replaces a dead one sets the engine up too, before any query
+        os.kill(pids[0], signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        new: list[int] = []
+        while not new and time.monotonic() < deadline:
+            time.sleep(0.05)
+            new = [p for p in c.stats()["worker_pids"] if p not in pids]
+        assert new, "the dead worker was not replaced"
+        while "libllvmlite" not in Path(f"/proc/{new[0]}/maps").read_text():
+            assert time.monotonic() < deadline, "the new worker never set up the jit"
+            time.sleep(0.05)

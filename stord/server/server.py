@@ -167,7 +167,7 @@ class Daemon:
         self.pool.cpu_limit = new.limits.query_cpu_seconds
         self.pool.memory_limit = new.limits.max_worker_memory_bytes
         if new.engine:
-            self.default_engine = new.engine
+            self.default_engine = self.pool.engine = new.engine   # (workers started from now)
         self.config = new
         self.log("reloaded", exports=sorted(new.exports), tenants=len(new.tenants),
                  restart_needed_for=kept)

@@ -123,17 +123,7 @@ def build_program(task: dict[str, Any]) -> Any:
 
 def run_task(task: dict[str, Any], cache: ProgramCache) -> Any:
     op = task["op"]
-    if op == "warm":
-        # Import what queries need now, while the daemon starts, not in the first query; and
-        # set up the default engine (the jit's LLVM target, JIT and threads, ~40-70 ms cold).
-        import stord.query.builtins  # noqa: F401
-        import stord.query.executor  # noqa: F401
-        if task.get("engine"):
-            from stord.engines.base import get_engine
-            try:
-                get_engine(task["engine"])
-            except StordError:
-                pass   # not usable here: the queries that ask for it get the reason
+    if op == "warm":   # (worker_main warmed up before it took the first task)
         return os.getpid()
     if op == "plan":
         import mmap
@@ -155,13 +145,15 @@ def run_task(task: dict[str, Any], cache: ProgramCache) -> Any:
     raise BadRequest(f"unknown worker operation {op!r}")
 
 
-def worker_main(conn: Connection, cpu_limit: float) -> None:
-    """`cpu_limit`: the RLIMIT_CPU backstop per task unless the task carries its own."""
-    """Entry point of a worker process: serve tasks until the pipe closes."""
+def worker_main(conn: Connection, cpu_limit: float, engine: str | None = None) -> None:
+    """Entry point of a worker process: serve tasks until the pipe closes. `cpu_limit`: the
+    RLIMIT_CPU backstop per task unless the task carries its own; `engine`: the daemon's
+    default engine, set up before the first task."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # ^C goes to the daemon, which stops us
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     from stord.server.checkout import ensure_client_importable
     ensure_client_importable()
+    _warm_up(engine)
     cache = ProgramCache()
     while True:
         try:
@@ -185,6 +177,21 @@ def worker_main(conn: Connection, cpu_limit: float) -> None:
             conn.send(reply)
         except (OSError, ValueError) as e:
             conn.send(("err", "internal_error", f"result cannot be sent: {e}"))
+
+
+def _warm_up(engine: str | None) -> None:
+    """What queries need, done while the worker waits for its first one (at the daemon's
+    start, or after a worker was replaced): the query modules' imports and the default
+    engine's set-up (for the jit: LLVM's target machines, its JIT and threads; measured
+    80 ms of a fresh daemon's first query)."""
+    import stord.query.builtins  # noqa: F401
+    import stord.query.executor  # noqa: F401
+    if engine:
+        from stord.engines.base import get_engine
+        try:
+            get_engine(engine)
+        except StordError:
+            pass   # not usable here: the queries that ask for it get the reason
 
 
 def _arm_cpu_limit(limit: float) -> None:
@@ -256,6 +263,7 @@ class Owner:
 class WorkerPool:
     def __init__(self, size: int, cpu_limit: float, log: Log,
                  memory_limit: int = 0) -> None:
+        self.engine: str | None = None   # the default engine, which new workers set up
         self.size = size
         self.cpu_limit = cpu_limit
         self.memory_limit = memory_limit
@@ -270,20 +278,21 @@ class WorkerPool:
         self._watchdog: asyncio.Task[None] | None = None
 
     async def start(self, engine: str | None = None) -> None:
-        """Start the workers and warm them up (imports done, `engine` set up) before the
-        daemon says it is listening."""
+        """Start the workers, and wait until each has warmed up (imports done, `engine`
+        set up: worker_main), so that the daemon says it is listening only then."""
+        self.engine = engine
         for _ in range(self.size):
             self._release(self._spawn())
         self._watchdog = asyncio.get_running_loop().create_task(self._watch())
-        warm = await asyncio.gather(*(self.run({"op": "warm", "engine": engine})
-                                      for _ in range(self.size)), return_exceptions=True)
+        warm = await asyncio.gather(*(self.run({"op": "warm"}) for _ in range(self.size)),
+                                    return_exceptions=True)
         for r in warm:
             if isinstance(r, BaseException):  # a replacement is already in the pool
                 self.log.warning("worker_warmup_failed", error=str(r))
 
     def _spawn(self) -> Worker:
         parent, child = self.ctx.Pipe(duplex=True)
-        proc = self.ctx.Process(target=worker_main, args=(child, self.cpu_limit),
+        proc = self.ctx.Process(target=worker_main, args=(child, self.cpu_limit, self.engine),
                                 name="stord-worker", daemon=True)
         proc.start()
         child.close()  # so that recv() sees EOF when the worker dies
@@ -397,6 +406,12 @@ class WorkerPool:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(WATCHDOG_PERIOD)
+            for w in list(self.idle):
+                if not w.proc.is_alive():   # died idle (the OOM killer, an operator): the
+                    self.idle.remove(w)     # pool is back to full size at once, warmed up
+                    self.log.warning("worker_died", pid=w.pid, exitcode=w.proc.exitcode,
+                                     reason="idle")
+                    self._retire(w)
             for w in list(self.all):
                 if w.busy and w.limited and w.kill_reason is None:
                     if w.cpu_time() - w.cpu_start > self.cpu_limit:
