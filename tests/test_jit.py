@@ -134,9 +134,12 @@ def test_damaged_disk_cache_entry_is_recompiled(tmp_path: Path,
     assert run(jit, prog, CSV) == run(interp, prog, CSV)
 
 
-def test_validation_runs_beside_llvm_and_its_error_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_validation_runs_beside_llvm_and_its_error_wins(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """The checks run while LLVM compiles the translation: a program they refuse gets their
     error whatever LLVM does with it, and no code of it is kept."""
+    jit_compile.wait_for_upgrades()
+    monkeypatch.setenv("STORD_JIT_CACHE", str(tmp_path))   # nothing compiled before counts
     bad = Program("bad", "xdp", [Insn(isa.ALU64 | isa.MOV | isa.K, 0, 1, 0, 7),   # src set
                                  Insn(isa.EXIT_OP)])
     good = Program("good", "xdp", [Insn(isa.ALU64 | isa.MOV | isa.K, 0, 0, 0, 7),
@@ -148,12 +151,13 @@ def test_validation_runs_beside_llvm_and_its_error_wins(monkeypatch: pytest.Monk
     def llvm_refuses(*_args: object, **_kw: object) -> None:
         raise CompileError("jit: LLVM rejected the translated program: (test)")
 
+    optimise = jit_compile.optimise
     monkeypatch.setattr(jit_compile, "optimise", llvm_refuses)
     with pytest.raises(ValidationError, match="source register must be 0"):
         jit.load(bad)
     with pytest.raises(CompileError, match="LLVM rejected"):
         jit.load(good)                      # a valid program gets LLVM's error
-    monkeypatch.undo()
+    monkeypatch.setattr(jit_compile, "optimise", optimise)
     with pytest.raises(ValidationError):
         jit.load(bad)                       # nothing of it was kept
     inst = jit.load(good)
