@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ALICE, BOB, HUGE_BUDGET, SENSORS_ROWS, write_sensors
+from conftest import ALICE, BOB, HUGE_BUDGET, SENSORS_ROWS
 from stord_client import Client
 
 from stord.errors import AccessDenied, StordError
@@ -553,48 +553,3 @@ def test_workers_set_up_the_default_engine_before_the_first_query(daemon_factory
         while "libllvmlite" not in Path(f"/proc/{new[0]}/maps").read_text():
             assert time.monotonic() < deadline, "the new worker never set up the jit"
             time.sleep(0.05)
-
-
-SIZE_C = r"""
-#include <linux/bpf.h>
-#include <bpf/bpf_helpers.h>
-__u64 total, tag;
-SEC("xdp") int size(struct xdp_md *ctx)
-{
-    total += ctx->data_end - ctx->data;
-    tag = NONCE;   /* a program no jit cache has seen */
-    return XDP_PASS;
-}
-char LICENSE[] SEC("license") = "GPL";
-"""
-
-
-def test_tiny_inputs_run_on_interp_until_the_jit_has_the_code(daemon_factory,
-                                                              data_root: Path) -> None:
-    """A query that names no engine, over at most 4 KiB, of a program the jit has no code
-    for yet, runs on interp (a cold compile would take longer than interp does) while the
-    jit compiles the program in the background; later queries run on the jit. A larger
-    input, or a named engine, gets the engine at once."""
-    d = daemon_factory("small", extra='engine = "jit"')
-    nonce = time.time_ns() % (1 << 30)
-    tiny = data_root / "data" / "sensors.csv"
-    big = data_root / "data" / f"big-{nonce}.csv"
-    write_sensors(big, 400, seed=5)
-    assert tiny.stat().st_size <= 4096 < big.stat().st_size
-    src = SIZE_C.replace("NONCE", str(nonce))
-    with Client(d.address, token=ALICE) as c:
-        first = c.query("data/sensors.csv", src)
-        assert first.stats["engine"] == "interp"
-        assert first.value["total"] == tiny.stat().st_size and first.value["tag"] == nonce
-        deadline = time.monotonic() + 60
-        r = first
-        while r.stats["engine"] != "jit":
-            assert time.monotonic() < deadline, "the jit never got the program's code"
-            time.sleep(0.05)
-            r = c.query("data/sensors.csv", src)
-        assert r.value == first.value
-        other = SIZE_C.replace("NONCE", str(nonce + 1))
-        r = c.query(f"data/{big.name}", other)
-        assert r.stats["engine"] == "jit" and r.value["total"] == big.stat().st_size
-        named = SIZE_C.replace("NONCE", str(nonce + 2))
-        assert c.query("data/sensors.csv", named, engine="jit").stats["engine"] == "jit"

@@ -82,12 +82,6 @@ class Engine(ABC):
              helpers: str = "linux") -> Instance:
         """Validate/compile/verify `prog` and return a fresh instance."""
 
-    def prepare(self, prog: Program) -> bool:
-        """Whether a load of `prog` (linux helpers) would be quick now; when it would not
-        (the jit has no code for it yet), the work starts in the background and a later
-        load finds it done. The worker runs a tiny input on interp instead of waiting."""
-        return True
-
 
 # name -> "module:Class"; imported lazily so that a missing llvmlite or bcc only disables
 # the engine that needs it.

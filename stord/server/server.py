@@ -489,12 +489,8 @@ class Daemon:
         self.active += 1
         self.idle.clear()
         try:
-            # a query that names no engine may run a tiny range on interp (workers.py)
-            small = "interp" if not args.get("engine") and self.engines.get("interp", "") \
-                is None else None
             task = {"op": "query", "kind": kind, "object": obj, "params": params,
                     "header": header, "path": str(r.path), "engine": engine,
-                    "small_engine": small,
                     "budget": lim.instruction_budget, "max_insns": lim.max_program_insns,
                     "max_map_bytes": lim.max_map_bytes,
                     "verify_kernel": self.config.require_kernel_verifier}

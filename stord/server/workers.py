@@ -84,12 +84,6 @@ class ProgramCache:
         self.verified.add(prog.digest)
 
 
-# A range this small runs on the task's small_engine (interp) when the engine asked for
-# (the jit) would first have to compile the program: interp reads ~200 bytes/ms, so 4 KiB
-# takes ~20 ms where a cold compile takes ~45 ms. The compile then runs in the background.
-SMALL_INPUT_BYTES = 4096
-
-
 def task_key(task: dict[str, Any]) -> str:
     """Content hash of a query's program as sent, its parameters and the header it sees."""
     h = hashlib.sha256()
@@ -146,13 +140,7 @@ def run_task(task: dict[str, Any], cache: ProgramCache) -> Any:
         if task.get("verify_kernel"):
             cache.verify(prog)
         from stord.query.executor import execute
-        engine = task["engine"]
-        small = task.get("small_engine")
-        if small and task["end"] - task["start"] <= SMALL_INPUT_BYTES:
-            from stord.engines.base import get_engine
-            if not get_engine(engine).prepare(prog):
-                engine = small   # its code compiles meanwhile, for the next query
-        return execute(prog, task["path"], engine=engine, start=task["start"],
+        return execute(prog, task["path"], engine=task["engine"], start=task["start"],
                        end=task["end"], budget=task["budget"])
     raise BadRequest(f"unknown worker operation {op!r}")
 

@@ -453,8 +453,7 @@ class _JobThread:
             try:
                 job()
             except Exception:  # noqa: BLE001, S110 - a failed O2 compile leaves the fast code
-                pass           # serving, a failed write costs a recompile later, a failed
-                               # compile_soon is reported by the next load: nothing to report
+                pass           # serving, a failed write a recompile later: nothing to report
             finally:
                 with self.cv:
                     self.running -= 1
@@ -507,27 +506,6 @@ def get_compiled(prog: Program, helpers: str,
         if PIPELINE == "tiered" and c.tier == "fast":
             _start_upgrade(prog, helpers, key, c.slot)
         return c
-
-
-def has_code(prog: Program, helpers: str, chunk: bool = False) -> bool:
-    """Whether a load of `prog` would find code (in memory or in the disk cache) rather than
-    compile it: what a cold compile would cost the caller now."""
-    if chunk:
-        helpers += "/chunk"
-    key, fkey = cache_key(prog, helpers), template_key(prog, helpers)
-    with _lock:
-        if key in _memory or fkey in _fast:
-            return True
-    d = cache_dir()
-    return d is not None and any((d / name).is_file()
-                                 for name in (f"{key}.o", f"{fkey}.fast.o"))
-
-
-def compile_soon(prog: Program, helpers: str, validate: Callable[[], None],
-                 chunk: bool = False) -> None:
-    """Queue a load of `prog` on the background thread (its code is compiled and cached
-    there), for a caller that did not wait for it (engine.JitEngine.prepare)."""
-    _background.submit(lambda: get_compiled(prog, helpers, validate, chunk))
 
 
 def _from_disk(key: str, suffix: str) -> Compiled | None:

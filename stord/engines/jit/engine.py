@@ -24,7 +24,7 @@ from typing import ClassVar
 
 from stord.engines import base
 from stord.engines.jit import layout as L
-from stord.engines.jit.compile import Compiled, compile_soon, get_compiled, has_code
+from stord.engines.jit.compile import Compiled, get_compiled
 from stord.engines.jit.runtime import CONFORMANCE_HELPERS, LINUX_HELPERS
 from stord.engines.jit.translate import STACK_LO, ModuleTranslator
 from stord.errors import BudgetExceeded, CompileError, LoadError, ProgramFault
@@ -305,13 +305,6 @@ class JitEngine(base.Engine):
         except RuntimeError as e:
             raise CompileError(f"jit: {e}") from e
         return JitInstance(prog, compiled, budget, helpers)
-
-
-    def prepare(self, prog: Program) -> bool:
-        if has_code(prog, "linux", chunk=True):
-            return True
-        compile_soon(prog, "linux", lambda: _validate(prog, "linux"), chunk=True)
-        return False
 
 
 def _validate(prog: Program, helpers: str) -> None:
