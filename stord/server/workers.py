@@ -182,8 +182,8 @@ def worker_main(conn: Connection, cpu_limit: float, engine: str | None = None) -
 def _warm_up(engine: str | None) -> None:
     """What queries need, done while the worker waits for its first one (at the daemon's
     start, or after a worker was replaced): the query modules' imports and the default
-    engine's set-up (for the jit: LLVM's target machines, its JIT and threads; measured
-    80 ms of a fresh daemon's first query)."""
+    engine's set-up (for the jit: LLVM's target machines, its JIT and threads: a fresh
+    daemon's first avg query took 228 ms before, 133-149 ms since)."""
     import stord.query.builtins  # noqa: F401
     import stord.query.executor  # noqa: F401
     if engine:

@@ -76,7 +76,7 @@ def _unserialise_llvmlite() -> None:
     its global LLVMContext. stord's compiles share no context, module or target machine
     between threads (optimise), which LLVM supports (ORC compiles concurrently the same
     way), and with the lock a load waited for the whole of another program's background
-    O2 pass run: a cold load right after another measured 260-350 ms instead of 60-85.
+    O2 pass run: a cold load right after another's took 233-350 ms, without it 52-99 ms.
     The lock is an internal of llvmlite: if it is not where expected, calls stay
     serialised (slower, not wrong)."""
     inner = getattr(getattr(getattr(llvm, "ffi", None), "lib", None), "_lock", None)
