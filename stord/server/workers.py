@@ -181,11 +181,15 @@ def worker_main(conn: Connection, cpu_limit: float, engine: str | None = None) -
 
 def _warm_up(engine: str | None) -> None:
     """What queries need, done while the worker waits for its first one (at the daemon's
-    start, or after a worker was replaced): the query modules' imports and the default
+    start, or after a worker was replaced): the imports of the query modules and of the ELF
+    loader (pyelftools: ~60-80 ms), clang's version (toolchain.warm_up), and the default
     engine's set-up (for the jit: LLVM's target machines, its JIT and threads: a fresh
     daemon's first avg query took 228 ms before, 133-149 ms since)."""
+    import stord.program.elf  # noqa: F401
     import stord.query.builtins  # noqa: F401
     import stord.query.executor  # noqa: F401
+    from stord.program import toolchain
+    toolchain.warm_up()
     if engine:
         from stord.engines.base import get_engine
         try:
