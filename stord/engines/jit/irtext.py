@@ -51,12 +51,13 @@ class FunctionType:
 
 
 class Value:
-    __slots__ = ("type", "ref", "constant")
+    __slots__ = ("type", "ref", "constant", "narrow")
 
     def __init__(self, type_: Type, ref: str, constant: int | None = None) -> None:
         self.type = type_
         self.ref = ref
         self.constant = constant
+        self.narrow: Value | None = None   # a zext's operand (see IRBuilder.trunc)
 
 
 interned: dict[tuple[Type, int], Value] = {}   # integer constants (values are immutable)
@@ -133,7 +134,8 @@ class Block:
         self.name = name   # "{id}", numbered like the values (see Function.__str__)
         self.lines: list[str | Phi | Switch] = []
         self.defs: list[int] = []   # ids of the values its lines define, in line order
-        self.deferred: dict[str, str] | None = None   # IRBuilder.store_at_end
+        # IRBuilder.store_at_end: slot -> (value, slot, the slot's type)
+        self.deferred: dict[str, tuple[Value, Value, Type]] | None = None
         self.is_terminated = False
 
 
@@ -309,8 +311,12 @@ class IRBuilder:
     def _flush(self) -> None:
         blk = self.block
         if blk.deferred:
-            blk.lines.extend(blk.deferred.values())
+            stores = blk.deferred.values()
             blk.deferred = None
+            for v, p, ty in stores:
+                if v.type != ty:   # a narrower value, widened only now that it is stored
+                    v = self.zext(v, ty)
+                blk.lines.append(f"  store {ty} {v.ref}, ptr {p.ref}")
 
     # -- arithmetic (folded on constants) ------------------------------------------------
 
@@ -405,12 +411,19 @@ class IRBuilder:
         return self._value(ty, f"{op} {v.type} {v.ref} to {ty}")
 
     def zext(self, v: Value, ty: Type) -> Value:
-        return self._cast("zext", v, ty, lambda x: x)
+        r = self._cast("zext", v, ty, lambda x: x)
+        if r.constant is None and r is not v:
+            r.narrow = v
+        return r
 
     def sext(self, v: Value, ty: Type) -> Value:
         return self._cast("sext", v, ty, lambda x: _signed(x, _BITS[v.type]))
 
     def trunc(self, v: Value, ty: Type) -> Value:
+        """trunc(zext x) to x's type is x (a register set from 32 bits, stored as 32 bits)."""
+        n = v.narrow
+        if n is not None and n.type == ty:
+            return n
         return self._cast("trunc", v, ty, lambda x: x)
 
     def uitofp(self, v: Value, ty: Type) -> Value:
@@ -436,15 +449,17 @@ class IRBuilder:
         a = f", align {align}" if align else ""
         self._line(f"  store {v.type} {v.ref}, ptr {p.ref}{a}")
 
-    def store_at_end(self, v: Value, p: Value) -> None:
+    def store_at_end(self, v: Value, p: Value, ty: Type | None = None) -> None:
         """A store written just before the block's terminator, replacing any earlier one
         to p in this block. Only for memory nothing reads in between (the translator's
         register slots: it keeps their current values itself), so a register set twice
-        in a block costs one store, which LLVM then has less to parse and promote."""
+        in a block costs one store, which LLVM then has less to parse and promote. `ty`:
+        the slot's type, when v is a narrower integer: it is zero-extended at the store, so
+        a value overwritten in the block is never widened."""
         blk = self.block
         if blk.deferred is None:
             blk.deferred = {}
-        blk.deferred[p.ref] = f"  store {v.type} {v.ref}, ptr {p.ref}"
+        blk.deferred[p.ref] = (v, p, ty or v.type)
 
     def gep(self, p: Value, indices: list[Value], source_etype: Type = "i8") -> Value:
         (i,) = indices

@@ -536,7 +536,12 @@ class FunctionTranslator:
         cache = self._cached()
         v = cache.get(i)
         if v is None:
-            v = cache[i] = self.b.load(self.regs[i], typ=I64)
+            narrow = cache.get(i + 16)
+            if narrow is None:
+                v = cache[i] = self.b.load(self.regs[i], typ=I64)
+            else:   # set from 32 bits in this block (set_reg): widened at its first use
+                v = cache[i] = self.b.zext(narrow, I64)
+                self.b.store_at_end(v, self.regs[i])
         return v
 
     def reg32(self, i: int) -> ir.Value:
@@ -548,9 +553,12 @@ class FunctionTranslator:
 
     def set_reg(self, i: int, v: ir.Value) -> None:
         cache = self._cached()
+        if v.type == I32:   # kept narrow: many uses are 32-bit (reg32), and the register
+            cache[i + 16] = v   # may be set again in the block before any 64-bit use
+            cache.pop(i, None)
+            self.b.store_at_end(v, self.regs[i], I64)
+            return
         cache.pop(i + 16, None)
-        if v.type == I32:
-            cache[i + 16] = v
         if v.type != I64:
             v = self.b.zext(v, I64)
         self.b.store_at_end(v, self.regs[i])   # reg() reads the cache until the block ends
