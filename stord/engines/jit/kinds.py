@@ -63,10 +63,6 @@ def callee_kind(k: Kind) -> Kind:
     return k
 
 
-def _sext32(imm: int) -> int:
-    return imm & M64
-
-
 def ctx_field(k: Kind, size: int) -> int | None:
     """The xdp_md field (byte offset) that a `size`-byte load at address kind k reads, when
     k is a constant inside the context."""
@@ -89,10 +85,11 @@ def analyse(insns: list[Insn], start: int, end: int, leaders: set[int],
     callee_kind); `chunk`: the code runs chunks, so the context holds CTX_CONSTANTS."""
     entry: State = [("c", 0), *(list(args) + [None] * 5)[:5], ("c", 0), ("c", 0), ("c", 0),
                     ("c", 0), ("s", 0)]
-    chunk_ctx = chunk
     block_in: dict[int, State] = {start: entry}
     work = [start]
     out: dict[int, State] = {}
+    # The transfer function is written out inline, one branch per instruction class: it
+    # runs for every slot of every block visit, and a call per slot was half the cost.
     while work:
         pc = work.pop()
         state = list(block_in[pc])
@@ -100,18 +97,55 @@ def analyse(insns: list[Insn], start: int, end: int, leaders: set[int],
             ins = insns[pc]
             op = ins.op
             cls = op & 7
-            if cls in _ASKED or op in _CALLS:
+            nxt = pc + 1
+            if cls == _ALU64:
+                src = state[ins.src] if op & _X else ("c", ins.imm & M64)
+                alu = op & 0xF0
+                if alu == _MOV:
+                    state[ins.dst] = src if ins.off == 0 else None
+                elif alu == _ADD:
+                    state[ins.dst] = _add(state[ins.dst], src)
+                elif alu == _SUB:
+                    state[ins.dst] = _sub(state[ins.dst], src)
+                else:
+                    state[ins.dst] = None
+            elif cls == _ALU:
+                state[ins.dst] = None
+            elif cls == _LDX:
                 out[pc] = list(state)
-            nxt = pc + 2 if op == isa.LDDW else pc + 1
-            _transfer(state, ins, insns, pc, map_handles, chunk_ctx)
-            if cls == isa.JMP or cls == isa.JMP32:
-                succ = _successors(pc, ins, end)
-                if succ is not None:
-                    for t in succ:
-                        if t != nxt:
-                            _merge(block_in, work, t, state)
-                    if nxt not in succ:
+                field = ctx_field(shift(state[ins.src], ins.off), 4) \
+                    if chunk and op & 0xE0 == _MEM and op & 0x18 == _W else None
+                state[ins.dst] = ("c", CTX_CONSTANTS[field]) if field in CTX_CONSTANTS \
+                    else None
+            elif cls == _ST:
+                out[pc] = list(state)
+            elif cls == _STX:
+                out[pc] = list(state)
+                if op & 0xE0 == _ATOMIC:
+                    if ins.imm == _CMPXCHG:
+                        state[0] = None
+                    elif ins.imm & _FETCH:
+                        state[ins.src] = None
+            elif cls == _JMP or cls == _JMP32:
+                jop = op & 0xF0
+                if jop == _CALL:   # straight-line code
+                    if cls == _JMP:
+                        out[pc] = list(state)
+                        state[0] = _call_r0(ins, state, map_handles)
+                elif jop == _EXIT:
+                    break
+                elif jop == _JA:
+                    t = pc + (ins.imm if cls == _JMP32 else ins.off) + 1
+                    if t != nxt:
+                        _merge(block_in, work, t, state)
                         break
+                else:   # conditional: the target, then on to the fall-through
+                    t = pc + ins.off + 1
+                    if t != nxt:
+                        _merge(block_in, work, t, state)
+            elif op == _LDDW:
+                nxt = pc + 2
+                _lddw(state, ins, insns[pc + 1], pc, map_handles)
             if nxt >= end:
                 break
             if nxt in leaders:
@@ -121,8 +155,12 @@ def analyse(insns: list[Insn], start: int, end: int, leaders: set[int],
     return out
 
 
-_ASKED = (isa.LDX, isa.ST, isa.STX)
-_CALLS = (isa.CALL_OP, isa.CALLX_OP)
+_ALU64, _ALU, _LDX, _ST, _STX, _JMP, _JMP32 = (isa.ALU64, isa.ALU, isa.LDX, isa.ST, isa.STX,
+                                               isa.JMP, isa.JMP32)
+_X, _MOV, _ADD, _SUB, _MEM, _W, _ATOMIC = isa.X, isa.MOV, isa.ADD, isa.SUB, isa.MEM, isa.W, \
+    isa.ATOMIC
+_CMPXCHG, _FETCH, _CALL, _EXIT, _JA, _LDDW = (isa.CMPXCHG, isa.FETCH, isa.CALL, isa.EXIT,
+                                              isa.JA, isa.LDDW)
 
 
 def _merge(block_in: dict[int, State], work: list[int], t: int, state: State) -> None:
@@ -133,75 +171,35 @@ def _merge(block_in: dict[int, State], work: list[int], t: int, state: State) ->
         return
     if old == state:
         return
-    new = [meet(a, b) for a, b in zip(old, state, strict=True)]
+    new = [a if a == b else meet(a, b) for a, b in zip(old, state, strict=True)]
     if new != old:
         block_in[t] = new
         work.append(t)
 
 
-def _successors(pc: int, ins: Insn, end: int) -> list[int] | None:
-    """Jump successors including the fall-through; None for straight-line code."""
-    cls = ins.op & 7
-    if cls not in (isa.JMP, isa.JMP32):
-        return None
-    op = ins.op & 0xF0
-    if op == isa.CALL:
-        return None
-    if op == isa.EXIT:
-        return []
-    if op == isa.JA:
-        return [pc + (ins.imm if cls == isa.JMP32 else ins.off) + 1]
-    return [pc + ins.off + 1, pc + 1]
+def _lddw(st: State, ins: Insn, second: Insn, pc: int, map_handles: dict[int, int]) -> None:
+    d = ins.dst
+    if ins.src == isa.PSEUDO_MAP_VALUE:
+        st[d] = ("m", ins.imm, second.imm & 0xFFFF_FFFF)
+    elif ins.src == isa.PSEUDO_MAP_FD:
+        st[d] = ("c", map_handles.get(ins.imm, 0))
+    elif ins.src == isa.PSEUDO_FUNC:
+        st[d] = ("c", base.FUNC_BASE + pc + ins.imm + 1)
+    else:
+        st[d] = ("c", isa.lddw_value(ins, second))
 
 
-def _transfer(st: State, ins: Insn, insns: list[Insn], pc: int,
-              map_handles: dict[int, int], chunk_ctx: bool = False) -> None:
-    cls, op, d = ins.op & 7, ins.op & 0xF0, ins.dst
-    if ins.op == isa.LDDW:
-        second = insns[pc + 1]
-        if ins.src == isa.PSEUDO_MAP_VALUE:
-            st[d] = ("m", ins.imm, second.imm & 0xFFFF_FFFF)
-        elif ins.src == isa.PSEUDO_MAP_FD:
-            st[d] = ("c", map_handles.get(ins.imm, 0))
-        elif ins.src == isa.PSEUDO_FUNC:
-            st[d] = ("c", base.FUNC_BASE + pc + ins.imm + 1)
-        else:
-            st[d] = ("c", isa.lddw_value(ins, second))
-        return
-    if cls == isa.ALU64:
-        src = st[ins.src] if ins.op & isa.X else ("c", _sext32(ins.imm))
-        if op == isa.MOV:
-            st[d] = src if ins.off == 0 else None
-        elif op == isa.ADD:
-            st[d] = _add(st[d], src)
-        elif op == isa.SUB:
-            st[d] = _sub(st[d], src)
-        else:
-            st[d] = None
-        return
-    if cls == isa.ALU:
-        st[d] = None
-        return
-    if cls == isa.LDX:
-        field = ctx_field(shift(st[ins.src], ins.off), 4) if chunk_ctx and \
-            ins.op & 0xE0 == isa.MEM and ins.op & 0x18 == isa.W else None
-        st[d] = ("c", CTX_CONSTANTS[field]) if field in CTX_CONSTANTS else None
-        return
-    if cls == isa.STX and ins.op & 0xE0 == isa.ATOMIC:
-        if ins.imm == isa.CMPXCHG:
-            st[0] = None
-        elif ins.imm & isa.FETCH:
-            st[ins.src] = None
-        return
-    if cls == isa.JMP and op == isa.CALL:
+def _call_r0(ins: Insn, st: State, map_handles: dict[int, int]) -> Kind:
+    """r0 after a call: a map_lookup_elem of a known map points into that map."""
+    if ins.op == isa.CALL_OP and ins.src == 0 and ins.imm == MAP_LOOKUP_ELEM:
+        h = st[1]
         r0 = None
-        if ins.op == isa.CALL_OP and ins.src == 0 and ins.imm == MAP_LOOKUP_ELEM:
-            h = st[1]
-            if h is not None and h[0] == "c":
-                for i, handle in map_handles.items():
-                    if handle == h[1]:
-                        r0 = ("M", i)
-        st[0] = r0
+        if h is not None and h[0] == "c":
+            for i, handle in map_handles.items():
+                if handle == h[1]:
+                    r0 = ("M", i)
+        return r0
+    return None
 
 
 def _add(a: Kind, b: Kind) -> Kind:

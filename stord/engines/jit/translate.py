@@ -96,14 +96,28 @@ class Frame:
         return cls(fn, b, entry, env, stack, ctl)
 
 
+# Opcode sets and constants for the walks over every slot (a membership test instead of
+# masks and module attribute look-ups: these walks are a good part of a translation).
+# _BRANCHES: jumps with a target (not call or exit); _JA32: the ones whose offset is imm.
+_BRANCHES = frozenset(op for op in range(256) if op & 7 in (isa.JMP, isa.JMP32)
+                      and op & 0xF0 not in (isa.CALL, isa.EXIT))
+_JA32 = frozenset((isa.JMP32 | isa.JA, isa.JMP32 | isa.JA | isa.X))
+_CALL_OP, _CALLX_OP, _LDDW = isa.CALL_OP, isa.CALLX_OP, isa.LDDW
+_PSEUDO_CALL, _PSEUDO_FUNC = isa.PSEUDO_CALL, isa.PSEUDO_FUNC
+BPF_LOOP = 181   # the helper id of bpf_loop
+
+
 def subprogram_starts(insns: list[isa.Insn]) -> list[int]:
     starts = {0}
     n = len(insns)
     for i, ins in enumerate(insns):
+        op = ins.op
+        if op != _CALL_OP and op != _LDDW:
+            continue
         target = None
-        if ins.op == isa.CALL_OP and ins.src == isa.PSEUDO_CALL:
+        if op == _CALL_OP and ins.src == _PSEUDO_CALL:
             target = i + ins.imm + 1
-        elif ins.op == isa.LDDW and ins.src == isa.PSEUDO_FUNC:
+        elif op == _LDDW and ins.src == _PSEUDO_FUNC:
             target = i + ins.imm + 1
         if target is not None:
             if not 0 <= target < n:
@@ -115,6 +129,14 @@ def subprogram_starts(insns: list[isa.Insn]) -> list[int]:
 MAX_JIT_INSNS = 100_000      # larger programs take too long to compile: CompileError
 INLINE_SMALL = 256           # a function called from several sites is copied into each
                              # only while (expanded size x call sites) stays this small
+
+
+_EXITS = frozenset((isa.JMP | isa.EXIT, isa.JMP | isa.EXIT | isa.X, isa.JMP32 | isa.EXIT,
+                    isa.JMP32 | isa.EXIT | isa.X))
+# loop_callbacks: the opcodes that write their dst (ALU, ALU64, LD, LDX classes) and the
+# atomics (some write their src)
+_SETS_DST = frozenset(op for op in range(256) if op & 7 in (isa.ALU, isa.ALU64, isa.LD, isa.LDX))
+_ATOMICS = frozenset(op for op in range(256) if op & 7 == isa.STX and op & 0xE0 == isa.ATOMIC)
 
 
 def jump_successors(insns: list[isa.Insn], pc: int) -> tuple[int, ...]:
@@ -144,14 +166,14 @@ def jump_sccs(insns: list[isa.Insn], start: int, end: int) -> dict[int, int]:
     for pc in range(start, end):
         ins = insns[pc]
         op = ins.op
-        cls = op & 7
-        if (cls == isa.JMP or cls == isa.JMP32) and op & 0xF0 != isa.CALL:
-            if op & 0xF0 != isa.EXIT:
-                t = pc + (ins.imm if cls == isa.JMP32 and op & 0xF0 == isa.JA else ins.off) + 1
-                if start <= t < end:
-                    firsts.add(t)
-            if pc + 1 < end:
-                firsts.add(pc + 1)
+        if op in _BRANCHES:
+            t = pc + (ins.imm if op in _JA32 else ins.off) + 1
+            if start <= t < end:
+                firsts.add(t)
+        elif op not in _EXITS:
+            continue
+        if pc + 1 < end:
+            firsts.add(pc + 1)
     order = sorted(firsts)
     block_of = {f: k for k, f in enumerate(order)}
     bounds = order[1:] + [end]
@@ -196,7 +218,10 @@ def jump_sccs(insns: list[isa.Insn], start: int, end: int) -> dict[int, int]:
                         comp[w] = v
                         if w == v:
                             break
-    return {pc: order[comp[k]] for k in range(n) for pc in range(order[k], bounds[k])}
+    out: dict[int, int] = {}
+    for k in range(n):
+        out.update(dict.fromkeys(range(order[k], bounds[k]), order[comp[k]]))
+    return out
 
 
 def loop_callbacks(insns: list[isa.Insn], start: int, end: int) -> dict[int, int]:
@@ -207,28 +232,28 @@ def loop_callbacks(insns: list[isa.Insn], start: int, end: int) -> dict[int, int
     targets: set[int] = set()
     for pc in range(start, end):
         ins = insns[pc]
-        if (ins.op & 7) in (isa.JMP, isa.JMP32) and ins.op & 0xF0 not in (isa.CALL, isa.EXIT):
-            off = ins.imm if (ins.op & 7) == isa.JMP32 and ins.op & 0xF0 == isa.JA else ins.off
-            targets.add(pc + off + 1)
+        if ins.op in _BRANCHES:
+            targets.add(pc + (ins.imm if ins.op in _JA32 else ins.off) + 1)
     known: dict[int, int] = {}
     cur: int | None = None
     pc = start
     while pc < end:
         ins = insns[pc]
+        op = ins.op
         if pc in targets:
             cur = None
-        if ins.op == isa.LDDW:
+        if op == _LDDW:
             if ins.dst == 2:
-                cur = pc + ins.imm + 1 if ins.src == isa.PSEUDO_FUNC else None
+                cur = pc + ins.imm + 1 if ins.src == _PSEUDO_FUNC else None
             pc += 2
             continue
-        if ins.op in (isa.CALL_OP, isa.CALLX_OP):
-            if ins.op == isa.CALL_OP and ins.src == 0 and ins.imm == 181 and cur is not None:
+        if op == _CALL_OP or op == _CALLX_OP:
+            if op == _CALL_OP and ins.src == 0 and ins.imm == BPF_LOOP and cur is not None:
                 known[pc] = cur
             cur = None   # calls clobber r1-r5
-        elif (ins.op & 7) in (isa.ALU, isa.ALU64, isa.LD, isa.LDX) and ins.dst == 2:
+        elif op in _SETS_DST and ins.dst == 2:
             cur = None
-        elif (ins.op & 7) == isa.STX and ins.op & 0xE0 == isa.ATOMIC and ins.src == 2:
+        elif op in _ATOMICS and ins.src == 2:
             cur = None   # atomic fetch / xchg write their source register
         pc += 1
     return known
@@ -249,9 +274,11 @@ def inline_set(insns: list[isa.Insn], starts: list[int], callbacks: list[int]) -
     for i, ins in enumerate(insns):
         if i in ends:
             owner = i
-        if ins.op == isa.CALL_OP and ins.src == isa.PSEUDO_CALL:
+        if ins.op != _CALL_OP:
+            continue
+        if ins.src == _PSEUDO_CALL:
             calls[owner].append(i + ins.imm + 1)
-        elif ins.op == isa.CALL_OP and ins.src == 0 and ins.imm == 181:
+        elif ins.src == 0 and ins.imm == BPF_LOOP:
             loop_sites += 1
             # a bpf_loop site calls its known callback, else may call every callback
             calls[owner].extend([known[i]] if i in known else callbacks)
@@ -323,14 +350,20 @@ class ModuleTranslator:
             self.subs[s] = Subprogram(s, end)
         self._pending: list[Subprogram] = []   # functions called for real, to translate
         # bpf_loop callbacks: every subprogram whose address a program takes
-        self.callbacks = sorted({i + ins.imm + 1 for i, ins in enumerate(self.insns)
-                                 if ins.op == isa.LDDW and ins.src == isa.PSEUDO_FUNC})
+        # the entry's r1 is the context only if nothing else calls slot 0 (or takes its
+        # address)
+        self.entry_reentered = False
+        callbacks: set[int] = set()
+        for i, ins in enumerate(self.insns):
+            op = ins.op
+            if op == _LDDW and ins.src == _PSEUDO_FUNC:
+                callbacks.add(i + ins.imm + 1)
+            elif not (op == _CALL_OP and ins.src == _PSEUDO_CALL):
+                continue
+            if i + ins.imm + 1 == 0:
+                self.entry_reentered = True
+        self.callbacks = sorted(callbacks)
         self.inlined = inline_set(self.insns, starts, self.callbacks)
-        # the entry's r1 is the context only if nothing else calls slot 0
-        self.entry_reentered = any(
-            i + ins.imm + 1 == 0 for i, ins in enumerate(self.insns)
-            if (ins.op == isa.CALL_OP and ins.src == isa.PSEUDO_CALL)
-            or (ins.op == isa.LDDW and ins.src == isa.PSEUDO_FUNC))
         # .rodata (the parameters): the accessor of each map's bytes. The rest of the
         # translation does not depend on their values: see rodata_items.
         self.rodata: dict[int, ir.Function] = {
@@ -338,6 +371,7 @@ class ModuleTranslator:
             for i, m in enumerate(prog.maps) if self.is_readonly(m)}
         self._intrinsics: dict[str, ir.Function] = {}
         self.sccs: dict[tuple[int, int], dict[int, int]] = {}   # per subprogram, once
+        self.leaders: dict[tuple[int, int], set[int]] = {}       # (FunctionTranslator)
         self.fault_fn = self._fault_fn()
         from stord.engines.jit import runtime  # noqa: PLC0415 - runtime builds on this module
         self.runtime = runtime.Runtime(self)
@@ -835,15 +869,17 @@ class FunctionTranslator:
         return phi
 
     def _leaders(self) -> set[int]:
-        out: set[int] = set()
-        for pc in range(self.sub.start, self.sub.end):
-            ins = self.insns[pc]
-            cls = ins.op & 7
-            if cls in (isa.JMP, isa.JMP32) and ins.op & 0xF0 not in (isa.CALL, isa.EXIT):
-                if cls == isa.JMP32 and ins.op & 0xF0 == isa.JA:
-                    out.add(pc + ins.imm + 1)
-                else:
-                    out.add(pc + ins.off + 1)
+        """Jump targets of the subprogram (once per subprogram: an inlined one is
+        translated at each call site)."""
+        key = (self.sub.start, self.sub.end)
+        out = self.mt.leaders.get(key)
+        if out is None:
+            out = self.mt.leaders[key] = set()
+            insns = self.insns
+            for pc in range(*key):
+                ins = insns[pc]
+                if ins.op in _BRANCHES:
+                    out.add(pc + (ins.imm if ins.op in _JA32 else ins.off) + 1)
         return out
 
     def _insn(self, pc: int, ins: isa.Insn) -> int:
