@@ -61,6 +61,19 @@ class Value:
 
 
 interned: dict[tuple[Type, int], Value] = {}   # integer constants (values are immutable)
+_new = object.__new__
+
+# The placeholder references "%{n}" (see Function.__str__), made once per process: every
+# value and block needs one, and formatting an int costs more than the rest of a line.
+_refs: list[str] = []
+
+
+def ref_of(n: int) -> str:
+    """"%{n}", the placeholder reference of value or block n."""
+    refs = _refs
+    if n >= len(refs):
+        refs.extend(f"%{{{i}}}" for i in range(len(refs), n + 256))
+    return refs[n]
 
 
 def Constant(ty: Type, value: int | bytes | bytearray | None) -> Value:  # noqa: N802
@@ -171,7 +184,7 @@ class Function(Value):
         runs for every instruction.)"""
         n = self.values
         self.values = n + 1
-        return n, f"%{{{n}}}"
+        return n, ref_of(n)
 
     def append_basic_block(self, name: str = "") -> Block:
         """A new block (unnamed, like the values: `name` is not kept)."""
@@ -228,13 +241,17 @@ class Module:
         self.globals: dict[str, Value] = {}
         self.items: list[Function | GlobalVariable] = []
         self.metadata = ["!{}"]   # !0: the empty node that invariant.load refers to
+        self._weights: dict[tuple[int, int], str] = {}
 
     def weights(self, taken: int, other: int) -> str:
         """The metadata reference of branch weights taken:other."""
-        node = f'!{{!"branch_weights", i32 {taken}, i32 {other}}}'
-        if node not in self.metadata:
-            self.metadata.append(node)
-        return f"!{self.metadata.index(node)}"
+        ref = self._weights.get((taken, other))
+        if ref is None:
+            node = f'!{{!"branch_weights", i32 {taken}, i32 {other}}}'
+            if node not in self.metadata:
+                self.metadata.append(node)
+            ref = self._weights[taken, other] = f"!{self.metadata.index(node)}"
+        return ref
 
     def add(self, item: Function | GlobalVariable) -> None:
         name = item.ref[1:]
@@ -293,7 +310,7 @@ class IRBuilder:
         fn = self.fn
         n = fn.values
         fn.values = n + 1
-        ref = f"%{{{n}}}"
+        ref = _refs[n] if n < len(_refs) else ref_of(n)
         # an insertion (self._at) is before the block's terminator, after every other
         # line that defines a value: defs stays in line order
         self.block.defs.append(n)
@@ -301,7 +318,11 @@ class IRBuilder:
             self.block.lines.append(f"  {ref} = {text}")
         else:
             self._line(f"  {ref} = {text}")
-        return Value(ty, ref)
+        v = _new(Value)   # (Value(ty, ref) without the call to __init__: one per line)
+        v.type = ty
+        v.ref = ref
+        v.constant = v.narrow = None
+        return v
 
     def _terminate(self, text: str) -> None:
         self._flush()

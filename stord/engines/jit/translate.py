@@ -23,6 +23,7 @@ masked, and no nsw/nuw flags are emitted.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -30,7 +31,6 @@ from stord.engines import base
 from stord.engines.jit import irtext as ir
 from stord.engines.jit import kinds
 from stord.engines.jit import layout as L
-from stord.engines.jit.irtext import interned
 from stord.errors import CompileError
 from stord.program import isa
 from stord.program.model import MAP_HASH, MAP_PERCPU_HASH, MapDef, Program
@@ -51,8 +51,16 @@ CTL_BUDGET, CTL_STATUS = 0, 8
 ENTRY_NAME = "stord_entry"
 
 
+_c64: dict[int, ir.Value] = {}   # c64's constants by value (ir.interned's, found faster)
+
+
 def c64(v: int) -> ir.Value:
-    return interned.get((I64, v)) or ir.Constant(I64, v & 0xFFFF_FFFF_FFFF_FFFF)
+    c = _c64.get(v)
+    if c is None:
+        c = ir.Constant(I64, v & 0xFFFF_FFFF_FFFF_FFFF)
+        if len(_c64) < 1 << 16:
+            _c64[v] = c
+    return c
 
 
 def c32(v: int) -> ir.Value:
@@ -139,29 +147,20 @@ _SETS_DST = frozenset(op for op in range(256) if op & 7 in (isa.ALU, isa.ALU64, 
 _ATOMICS = frozenset(op for op in range(256) if op & 7 == isa.STX and op & 0xE0 == isa.ATOMIC)
 
 
-def jump_successors(insns: list[isa.Insn], pc: int) -> tuple[int, ...]:
-    """Slots control can go to after slot pc (calls return; exit goes nowhere)."""
-    ins = insns[pc]
-    if ins.op == isa.LDDW:
-        return (pc + 2,)
-    if (ins.op & 7) not in (isa.JMP, isa.JMP32):
-        return (pc + 1,)
-    op = ins.op & 0xF0
-    if op == isa.EXIT:
-        return ()
-    if op == isa.CALL:
-        return (pc + 1,)
-    if op == isa.JA:
-        return (pc + (ins.imm if (ins.op & 7) == isa.JMP32 else ins.off) + 1,)
-    return (pc + ins.off + 1, pc + 1)
-
-
 def jump_sccs(insns: list[isa.Insn], start: int, end: int) -> dict[int, int]:
     """Strongly connected components of the slots [start, end): slot -> component number.
     Computed on the straight-line blocks (a cycle enters a block only at its first slot
     and leaves it only at its last, so a block's slots are all in one component or none
     is in a cycle) with Tarjan's algorithm, iterative (programs have up to MAX_JIT_INSNS
     slots). A block outside every cycle is a component of its own."""
+    order, comps = block_sccs(insns, start, end)
+    bounds = order[1:] + [end]
+    return {pc: c for k, c in enumerate(comps) for pc in range(order[k], bounds[k])}
+
+
+def block_sccs(insns: list[isa.Insn], start: int, end: int) -> tuple[list[int], list[int]]:
+    """jump_sccs by block: the first slots of the blocks, in order, and the component of
+    each (the translator looks a few slots up with bisect rather than build the dict)."""
     firsts = {start}
     for pc in range(start, end):
         ins = insns[pc]
@@ -178,8 +177,21 @@ def jump_sccs(insns: list[isa.Insn], start: int, end: int) -> dict[int, int]:
     block_of = {f: k for k, f in enumerate(order)}
     bounds = order[1:] + [end]
     # (a jump into an lddw's second half, which block_at refuses, has no block: skipped)
-    succ = [[block_of[t] for t in jump_successors(insns, last - 1) if t in block_of]
-            for last in bounds]
+    succ: list[list[int]] = []
+    for last in bounds:   # where the block's last slot goes (calls return, exit nowhere)
+        pc = last - 1
+        ins = insns[pc]
+        op = ins.op
+        if op in _BRANCHES:
+            if op & 0xF0 == isa.JA:
+                targets: tuple[int, ...] = (pc + (ins.imm if op in _JA32 else ins.off) + 1,)
+            else:
+                targets = (pc + ins.off + 1, last)
+        elif op in _EXITS:
+            targets = ()
+        else:
+            targets = (pc + 2,) if op == _LDDW else (last,)
+        succ.append([block_of[t] for t in targets if t in block_of])
     n = len(order)
     index = [-1] * n
     low = [0] * n
@@ -218,10 +230,7 @@ def jump_sccs(insns: list[isa.Insn], start: int, end: int) -> dict[int, int]:
                         comp[w] = v
                         if w == v:
                             break
-    out: dict[int, int] = {}
-    for k in range(n):
-        out.update(dict.fromkeys(range(order[k], bounds[k]), order[comp[k]]))
-    return out
+    return order, [order[c] for c in comp]
 
 
 def loop_callbacks(insns: list[isa.Insn], start: int, end: int) -> dict[int, int]:
@@ -370,7 +379,8 @@ class ModuleTranslator:
             i: rodata_items(self.module, prog, i, constant=False)
             for i, m in enumerate(prog.maps) if self.is_readonly(m)}
         self._intrinsics: dict[str, ir.Function] = {}
-        self.sccs: dict[tuple[int, int], dict[int, int]] = {}   # per subprogram, once
+        # per subprogram, once: block_sccs
+        self.sccs: dict[tuple[int, int], tuple[list[int], list[int]]] = {}
         self.leaders: dict[tuple[int, int], set[int]] = {}       # (FunctionTranslator)
         self.fault_fn = self._fault_fn()
         from stord.engines.jit import runtime  # noqa: PLC0415 - runtime builds on this module
@@ -567,7 +577,7 @@ class FunctionTranslator:
         self._cache_block = self.b.block
 
     def reg(self, i: int) -> ir.Value:
-        cache = self._cached()
+        cache = self._cache if self.b.block is self._cache_block else self._cached()
         v = cache.get(i)
         if v is None:
             narrow = cache.get(i + 16)
@@ -579,14 +589,14 @@ class FunctionTranslator:
         return v
 
     def reg32(self, i: int) -> ir.Value:
-        cache = self._cached()
+        cache = self._cache if self.b.block is self._cache_block else self._cached()
         v = cache.get(i + 16)
         if v is None:
             v = cache[i + 16] = self.b.trunc(self.reg(i), I32)
         return v
 
     def set_reg(self, i: int, v: ir.Value) -> None:
-        cache = self._cached()
+        cache = self._cache if self.b.block is self._cache_block else self._cached()
         if v.type == I32:   # kept narrow: many uses are 32-bit (reg32), and the register
             cache[i + 16] = v   # may be set again in the block before any 64-bit use
             cache.pop(i, None)
@@ -671,13 +681,14 @@ class FunctionTranslator:
         self.b.store(self.b.sub(left, n), p)
 
     def block_at(self, pc: int) -> ir.Block:
+        blk = self.blocks.get(pc)
+        if blk is not None:   # (pc passed the checks below when it was made)
+            return blk
         if not self.sub.start <= pc < self.sub.end:
             raise CompileError(f"jump to slot {pc} leaves the subprogram at slot {self.sub.start}")
         if pc > 0 and self.insns[pc - 1].op == isa.LDDW:
             raise CompileError(f"jump to slot {pc}, the second half of an lddw")
-        blk = self.blocks.get(pc)
-        if blk is None:
-            blk = self.blocks[pc] = self.fn.append_basic_block(f"pc{pc}")
+        blk = self.blocks[pc] = self.fn.append_basic_block(f"pc{pc}")
         return blk
 
     def jump(self, pc: int, target: int) -> None:
@@ -693,10 +704,13 @@ class FunctionTranslator:
         and needs no budget test. Every cycle has a backward jump inside one component, so
         charging just those still stops every runaway loop."""
         key = (self.sub.start, self.sub.end)
-        comp = self.mt.sccs.get(key)
-        if comp is None:   # an inlined subprogram is translated once per call site
-            comp = self.mt.sccs[key] = jump_sccs(self.insns, *key)
-        return comp.get(pc, -1)
+        found = self.mt.sccs.get(key)
+        if found is None:   # an inlined subprogram is translated once per call site
+            found = self.mt.sccs[key] = block_sccs(self.insns, *key)
+        if not key[0] <= pc < key[1]:
+            return -1
+        firsts, comps = found
+        return comps[bisect_right(firsts, pc) - 1]
 
     # -- memory --------------------------------------------------------------------------
 
@@ -847,11 +861,13 @@ class FunctionTranslator:
                                    args=(("c", base.CTX_BASE),) if entry_ctx else
                                    self.arg_kinds, chunk=self.mt.chunk)
         b.position_at_end(self.blocks[self.sub.start])
+        blocks = self.blocks
         while pc < self.sub.end:
-            if pc in self.blocks and b.block is not self.blocks[pc]:
+            blk = blocks.get(pc)
+            if blk is not None and b.block is not blk:
                 if not b.block.is_terminated:
-                    b.branch(self.blocks[pc])
-                b.position_at_end(self.blocks[pc])
+                    b.branch(blk)
+                b.position_at_end(blk)
             elif b.block.is_terminated:
                 b.position_at_end(self.fn.append_basic_block(f"dead{pc}"))
             ins = self.insns[pc]
