@@ -12,6 +12,7 @@ and their reference ("%{12}", a placeholder for the value's number, or "42"), an
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -66,14 +67,17 @@ _new = object.__new__
 # The placeholder references "%{n}" (see Function.__str__), made once per process: every
 # value and block needs one, and formatting an int costs more than the rest of a line.
 _refs: list[str] = []
+_names: list[str] = []   # "{n}", a block's name
+_grow = threading.Lock()   # (the background O2 compiles translate in other threads)
 
 
 def ref_of(n: int) -> str:
     """"%{n}", the placeholder reference of value or block n."""
-    refs = _refs
-    if n >= len(refs):
-        refs.extend(f"%{{{i}}}" for i in range(len(refs), n + 256))
-    return refs[n]
+    if n >= len(_refs):
+        with _grow:
+            _names.extend([f"{{{i}}}" for i in range(len(_names), n + 256)])
+            _refs.extend([f"%{{{i}}}" for i in range(len(_refs), n + 256)])
+    return _refs[n]
 
 
 def Constant(ty: Type, value: int | bytes | bytearray | None) -> Value:  # noqa: N802
@@ -188,8 +192,9 @@ class Function(Value):
 
     def append_basic_block(self, name: str = "") -> Block:
         """A new block (unnamed, like the values: `name` is not kept)."""
-        n, ref = self.fresh()
-        blk = Block(self, n, ref[1:])
+        n = self.values
+        self.values = n + 1
+        blk = Block(self, n, _names[n] if n < len(_names) else ref_of(n)[1:])
         self.blocks.append(blk)
         return blk
 
@@ -280,6 +285,9 @@ _COMPARE: dict[str, Callable[[int, int], bool]] = {
     "<": int.__lt__, "<=": int.__le__}
 
 
+_ALIGN = {0: "", 1: ", align 1"}   # the usual alignments' text (the others are formatted)
+
+
 class IRBuilder:
     """Appends instruction lines to a block (or inserts them before its terminator)."""
 
@@ -325,9 +333,14 @@ class IRBuilder:
         return v
 
     def _terminate(self, text: str) -> None:
-        self._flush()
-        self._line(text)
-        self.block.is_terminated = True
+        blk = self.block
+        if blk.deferred:
+            self._flush()
+        if self._at is None:
+            blk.lines.append(text)
+        else:
+            self._line(text)
+        blk.is_terminated = True
 
     def _flush(self) -> None:
         blk = self.block
@@ -352,29 +365,66 @@ class IRBuilder:
             return a
         return self._value(a.type, f"{op} {a.type} {a.ref}, {b.ref}")
 
+    # add, sub, mul, and_, or_ and xor are _binop written out: they are most of the
+    # instructions, and the call and the fold function cost as much as the line
+
     def add(self, a: Value, b: Value) -> Value:
-        if a.constant == 0:
+        ca, cb = a.constant, b.constant
+        if ca == 0:
             return b
-        return self._binop("add", a, b, int.__add__, 0)
+        if cb is not None:
+            if ca is not None:
+                return Constant(a.type, ca + cb)
+            if cb == 0:
+                return a
+        return self._value(a.type, f"add {a.type} {a.ref}, {b.ref}")
 
     def sub(self, a: Value, b: Value) -> Value:
-        return self._binop("sub", a, b, int.__sub__, 0)
+        ca, cb = a.constant, b.constant
+        if cb is not None:
+            if ca is not None:
+                return Constant(a.type, ca - cb)
+            if cb == 0:
+                return a
+        return self._value(a.type, f"sub {a.type} {a.ref}, {b.ref}")
 
     def mul(self, a: Value, b: Value) -> Value:
-        return self._binop("mul", a, b, int.__mul__, 1)
+        ca, cb = a.constant, b.constant
+        if cb is not None:
+            if ca is not None:
+                return Constant(a.type, ca * cb)
+            if cb == 1:
+                return a
+        return self._value(a.type, f"mul {a.type} {a.ref}, {b.ref}")
 
     def and_(self, a: Value, b: Value) -> Value:
-        if a.constant is not None and b.constant is None:
-            a, b = b, a
-        if b.constant == (1 << _BITS[a.type]) - 1:
-            return a
-        return self._binop("and", a, b, int.__and__)
+        ca, cb = a.constant, b.constant
+        if ca is not None and cb is None:
+            a, b, ca, cb = b, a, cb, ca
+        if cb is not None:
+            if cb == (1 << _BITS[a.type]) - 1:
+                return a
+            if ca is not None:
+                return Constant(a.type, ca & cb)
+        return self._value(a.type, f"and {a.type} {a.ref}, {b.ref}")
 
     def or_(self, a: Value, b: Value) -> Value:
-        return self._binop("or", a, b, int.__or__, 0)
+        ca, cb = a.constant, b.constant
+        if cb is not None:
+            if ca is not None:
+                return Constant(a.type, ca | cb)
+            if cb == 0:
+                return a
+        return self._value(a.type, f"or {a.type} {a.ref}, {b.ref}")
 
     def xor(self, a: Value, b: Value) -> Value:
-        return self._binop("xor", a, b, int.__xor__, 0)
+        ca, cb = a.constant, b.constant
+        if cb is not None:
+            if ca is not None:
+                return Constant(a.type, ca ^ cb)
+            if cb == 0:
+                return a
+        return self._value(a.type, f"xor {a.type} {a.ref}, {b.ref}")
 
     def _shift(self, op: str, a: Value, b: Value, fold: Callable[[int, int, int], int]) -> Value:
         bits = _BITS[a.type]
@@ -432,9 +482,12 @@ class IRBuilder:
         return self._value(ty, f"{op} {v.type} {v.ref} to {ty}")
 
     def zext(self, v: Value, ty: Type) -> Value:
-        r = self._cast("zext", v, ty, lambda x: x)
-        if r.constant is None and r is not v:
-            r.narrow = v
+        if v.type == ty:
+            return v
+        if v.constant is not None:
+            return Constant(ty, v.constant)
+        r = self._value(ty, f"zext {v.type} {v.ref} to {ty}")
+        r.narrow = v
         return r
 
     def sext(self, v: Value, ty: Type) -> Value:
@@ -445,7 +498,11 @@ class IRBuilder:
         n = v.narrow
         if n is not None and n.type == ty:
             return n
-        return self._cast("trunc", v, ty, lambda x: x)
+        if v.type == ty:
+            return v
+        if v.constant is not None:
+            return Constant(ty, v.constant)
+        return self._value(ty, f"trunc {v.type} {v.ref} to {ty}")
 
     def uitofp(self, v: Value, ty: Type) -> Value:
         return self._value(ty, f"uitofp {v.type} {v.ref} to {ty}")
@@ -462,12 +519,12 @@ class IRBuilder:
         return self._value("ptr", f"alloca {ty}{n}{a}")
 
     def load(self, p: Value, typ: Type, align: int = 0, invariant: bool = False) -> Value:
-        a = f", align {align}" if align else ""
+        a = _ALIGN[align] if align in _ALIGN else f", align {align}"
         md = ", !invariant.load !0" if invariant else ""
         return self._value(typ, f"load {typ}, ptr {p.ref}{a}{md}")
 
     def store(self, v: Value, p: Value, align: int = 0) -> None:
-        a = f", align {align}" if align else ""
+        a = _ALIGN[align] if align in _ALIGN else f", align {align}"
         self._line(f"  store {v.type} {v.ref}, ptr {p.ref}{a}")
 
     def store_at_end(self, v: Value, p: Value, ty: Type | None = None) -> None:

@@ -64,7 +64,15 @@ def c64(v: int) -> ir.Value:
 
 
 def c32(v: int) -> ir.Value:
-    return ir.Constant(I32, v & 0xFFFF_FFFF)
+    c = _c32.get(v)
+    if c is None:
+        c = ir.Constant(I32, v & 0xFFFF_FFFF)
+        if len(_c32) < 1 << 16:
+            _c32[v] = c
+    return c
+
+
+_c32: dict[int, ir.Value] = {}
 
 
 def map_handle(index: int) -> int:
@@ -333,6 +341,12 @@ def _reaches(f: int, calls: dict[int, list[int]]) -> set[int]:
             seen.add(g)
             stack.extend(calls[g])
     return seen
+
+
+_PREDS = {isa.JEQ: ("u", "=="), isa.JNE: ("u", "!="), isa.JGT: ("u", ">"),
+          isa.JGE: ("u", ">="), isa.JLT: ("u", "<"), isa.JLE: ("u", "<="),
+          isa.JSGT: ("s", ">"), isa.JSGE: ("s", ">="), isa.JSLT: ("s", "<"),
+          isa.JSLE: ("s", "<=")}   # conditional jumps: (signedness, predicate)
 
 
 class ModuleTranslator:
@@ -655,8 +669,8 @@ class FunctionTranslator:
               info: ir.Value | int = 0) -> None:
         """Continue when `ok`, else fault; leaves the builder in the continuation."""
         cache = self._cached()
-        cont = self.fn.append_basic_block(f"ok{pc}")
-        bad = self.fn.append_basic_block(f"bad{pc}")
+        cont = self.fn.append_basic_block("ok")
+        bad = self.fn.append_basic_block("bad")
         self.b.cbranch(ok, cont, bad)
         self.b.position_at_end(bad)
         self.fail(status, pc, addr, info)
@@ -688,7 +702,7 @@ class FunctionTranslator:
             raise CompileError(f"jump to slot {pc} leaves the subprogram at slot {self.sub.start}")
         if pc > 0 and self.insns[pc - 1].op == isa.LDDW:
             raise CompileError(f"jump to slot {pc}, the second half of an lddw")
-        blk = self.blocks[pc] = self.fn.append_basic_block(f"pc{pc}")
+        blk = self.blocks[pc] = self.fn.append_basic_block("pc")
         return blk
 
     def jump(self, pc: int, target: int) -> None:
@@ -770,13 +784,13 @@ class FunctionTranslator:
             addr = addr()
         nbytes = c64(size) if isinstance(size, int) else size
         cache = self._cached()
-        done = self.fn.append_basic_block(f"addr{pc}")
+        done = self.fn.append_basic_block("addr")
         incoming: list[tuple[ir.Value, ir.Block]] = []
-        slow = self.fn.append_basic_block(f"xlate{pc}")
+        slow = self.fn.append_basic_block("xlate")
 
         def inline_check(ok: ir.Value, host: callable, other: ir.Block | None = None) -> None:
-            fast = self.fn.append_basic_block(f"inrange{pc}")
-            other = other or self.fn.append_basic_block(f"notin{pc}")
+            fast = self.fn.append_basic_block("inrange")
+            other = other or self.fn.append_basic_block("notin")
             b.cbranch(ok, fast, other)
             b.position_at_end(fast)
             incoming.append((host(), b.block))
@@ -798,7 +812,7 @@ class FunctionTranslator:
         p = b.call(self.mt.runtime.xlate, [self.env, addr, nbytes, c64(int(write))])
         info = b.or_(nbytes, c64(L.WRITE_BIT if write else 0))
         incoming.append((p, b.block))
-        bad = self.fn.append_basic_block(f"bad{pc}")
+        bad = self.fn.append_basic_block("bad")
         b.cbranch(b.icmp_unsigned("!=", p, ir.Constant(PTR, None)), done, bad)
         b.position_at_end(bad)
         self.fail(L.ST_ACCESS, pc, addr, info)
@@ -869,7 +883,7 @@ class FunctionTranslator:
                     b.branch(blk)
                 b.position_at_end(blk)
             elif b.block.is_terminated:
-                b.position_at_end(self.fn.append_basic_block(f"dead{pc}"))
+                b.position_at_end(self.fn.append_basic_block("dead"))
             ins = self.insns[pc]
             pc = self._insn(pc, ins)
         if not b.block.is_terminated:
@@ -1015,8 +1029,6 @@ class FunctionTranslator:
         else:
             src_full = c64(ins.imm if ins.imm >= 0 else ins.imm + (1 << 64))
             src = src_full if is64 else c32(ins.imm)
-        zero = ir.Constant(ty, 0)
-        one = ir.Constant(ty, 1)
         if op == isa.MOV:
             if ins.off and ins.op & isa.X:
                 if ins.off not in ((8, 16, 32) if is64 else (8, 16)):
@@ -1040,8 +1052,9 @@ class FunctionTranslator:
             amt = b.and_(src, ir.Constant(ty, bits - 1))
             r = {isa.LSH: b.shl, isa.RSH: b.lshr, isa.ARSH: b.ashr}[op](dst, amt)
         elif op == isa.NEG:
-            r = b.sub(zero, dst)
+            r = b.sub(ir.Constant(ty, 0), dst)
         elif op in (isa.DIV, isa.MOD):
+            zero, one = ir.Constant(ty, 0), ir.Constant(ty, 1)
             is_zero = b.icmp_unsigned("==", src, zero)
             if ins.off == 1:
                 int_min = ir.Constant(ty, 1 << (bits - 1))
@@ -1098,23 +1111,19 @@ class FunctionTranslator:
         else:
             dst = self.reg(ins.dst)
             src = self.reg(ins.src) if ins.op & isa.X else c64(ins.imm)
-        preds = {isa.JEQ: ("u", "=="), isa.JNE: ("u", "!="), isa.JGT: ("u", ">"),
-                 isa.JGE: ("u", ">="), isa.JLT: ("u", "<"), isa.JLE: ("u", "<="),
-                 isa.JSGT: ("s", ">"), isa.JSGE: ("s", ">="), isa.JSLT: ("s", "<"),
-                 isa.JSLE: ("s", "<=")}
         if op == isa.JSET:
             cond = b.icmp_unsigned("!=", b.and_(dst, src), ir.Constant(dst.type, 0))
-        elif op in preds:
-            kind, pred = preds[op]
+        elif op in _PREDS:
+            kind, pred = _PREDS[op]
             cmp = b.icmp_unsigned if kind == "u" else b.icmp_signed
             cond = cmp(pred, dst, src)
         else:
             raise CompileError(f"unsupported jump opcode {ins.op:#04x} at slot {pc}")
         fall = self.block_at(pc + 1) if pc + 1 < self.sub.end else None
         if fall is None:
-            fall = self.fn.append_basic_block(f"end{pc}")
+            fall = self.fn.append_basic_block("end")
         if target <= pc:
-            taken = self.fn.append_basic_block(f"back{pc}")
+            taken = self.fn.append_basic_block("back")
             b.cbranch(cond, taken, fall)
             b.position_at_end(taken)
             self.jump(pc, target)
