@@ -68,6 +68,7 @@ _new = object.__new__
 # value and block needs one, and formatting an int costs more than the rest of a line.
 _refs: list[str] = []
 _names: list[str] = []   # "{n}", a block's name
+_numbers: list[str] = []   # str(n), for Function.__str__
 _grow = threading.Lock()   # (the background O2 compiles translate in other threads)
 
 
@@ -194,7 +195,12 @@ class Function(Value):
         """A new block (unnamed, like the values: `name` is not kept)."""
         n = self.values
         self.values = n + 1
-        blk = Block(self, n, _names[n] if n < len(_names) else ref_of(n)[1:])
+        try:
+            name = _names[n]
+        except IndexError:
+            ref_of(n)
+            name = _names[n]
+        blk = Block(self, n, name)
         self.blocks.append(blk)
         return blk
 
@@ -210,14 +216,18 @@ class Function(Value):
         # first tier). Their numbers must follow the text's order, which is not the order
         # they were made in (hoisting into the entry block), so lines hold "%{id}" and the
         # numbers are filled in here, in one str.format.
+        # (the numbers as strings from _numbers: str.format then only copies them)
         numbers = [""] * self.values
+        if self.values > len(_numbers):
+            with _grow:
+                _numbers.extend([str(i) for i in range(len(_numbers), self.values)])
         n = 0
         body = []
         for blk in self.blocks:
-            numbers[blk.id] = n
+            numbers[blk.id] = _numbers[n]
             n += 1
             for i in blk.defs:
-                numbers[i] = n
+                numbers[i] = _numbers[n]
                 n += 1
             body.append(f"{blk.name}:")
             body.extend(map(str, blk.lines))
@@ -318,7 +328,10 @@ class IRBuilder:
         fn = self.fn
         n = fn.values
         fn.values = n + 1
-        ref = _refs[n] if n < len(_refs) else ref_of(n)
+        try:
+            ref = _refs[n]
+        except IndexError:
+            ref = ref_of(n)
         # an insertion (self._at) is before the block's terminator, after every other
         # line that defines a value: defs stays in line order
         self.block.defs.append(n)

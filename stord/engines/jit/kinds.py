@@ -98,34 +98,9 @@ def analyse(insns: list[Insn], start: int, end: int, leaders: set[int],
             op = ins.op
             cls = op & 7
             nxt = pc + 1
-            if cls == _ALU64:
-                src = state[ins.src] if op & _X else ("c", ins.imm & M64)
-                alu = op & 0xF0
-                if alu == _MOV:
-                    state[ins.dst] = src if ins.off == 0 else None
-                elif alu == _ADD:
-                    state[ins.dst] = _add(state[ins.dst], src)
-                elif alu == _SUB:
-                    state[ins.dst] = _sub(state[ins.dst], src)
-                else:
-                    state[ins.dst] = None
-            elif cls == _ALU:
+            # (the classes in the order of how often clang's code has them)
+            if cls == _ALU:
                 state[ins.dst] = None
-            elif cls == _LDX:
-                out[pc] = list(state)
-                field = ctx_field(shift(state[ins.src], ins.off), 4) \
-                    if chunk and op & 0xE0 == _MEM and op & 0x18 == _W else None
-                state[ins.dst] = ("c", CTX_CONSTANTS[field]) if field in CTX_CONSTANTS \
-                    else None
-            elif cls == _ST:
-                out[pc] = list(state)
-            elif cls == _STX:
-                out[pc] = list(state)
-                if op & 0xE0 == _ATOMIC:
-                    if ins.imm == _CMPXCHG:
-                        state[0] = None
-                    elif ins.imm & _FETCH:
-                        state[ins.src] = None
             elif cls == _JMP or cls == _JMP32:
                 jop = op & 0xF0
                 if jop == _CALL:   # straight-line code
@@ -146,6 +121,32 @@ def analyse(insns: list[Insn], start: int, end: int, leaders: set[int],
             elif op == _LDDW:
                 nxt = pc + 2
                 _lddw(state, ins, insns[pc + 1], pc, map_handles)
+            elif cls == _LDX:
+                out[pc] = list(state)
+                field = ctx_field(shift(state[ins.src], ins.off), 4) \
+                    if chunk and op & 0xE0 == _MEM and op & 0x18 == _W else None
+                state[ins.dst] = ("c", CTX_CONSTANTS[field]) if field in CTX_CONSTANTS \
+                    else None
+            elif cls == _ALU64:
+                src = state[ins.src] if op & _X else ("c", ins.imm & M64)
+                alu = op & 0xF0
+                if alu == _MOV:
+                    state[ins.dst] = src if ins.off == 0 else None
+                elif alu == _ADD:
+                    state[ins.dst] = _add(state[ins.dst], src)
+                elif alu == _SUB:
+                    state[ins.dst] = _sub(state[ins.dst], src)
+                else:
+                    state[ins.dst] = None
+            elif cls == _STX:
+                out[pc] = list(state)
+                if op & 0xE0 == _ATOMIC:
+                    if ins.imm == _CMPXCHG:
+                        state[0] = None
+                    elif ins.imm & _FETCH:
+                        state[ins.src] = None
+            elif cls == _ST:
+                out[pc] = list(state)
             if nxt >= end:
                 break
             if nxt in leaders:

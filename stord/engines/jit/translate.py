@@ -119,6 +119,7 @@ _BRANCHES = frozenset(op for op in range(256) if op & 7 in (isa.JMP, isa.JMP32)
                       and op & 0xF0 not in (isa.CALL, isa.EXIT))
 _JA32 = frozenset((isa.JMP32 | isa.JA, isa.JMP32 | isa.JA | isa.X))
 _CALL_OP, _CALLX_OP, _LDDW = isa.CALL_OP, isa.CALLX_OP, isa.LDDW
+_ALU, _ALU64, _JMP, _JMP32 = isa.ALU, isa.ALU64, isa.JMP, isa.JMP32
 _PSEUDO_CALL, _PSEUDO_FUNC = isa.PSEUDO_CALL, isa.PSEUDO_FUNC
 BPF_LOOP = 181   # the helper id of bpf_loop
 
@@ -915,11 +916,11 @@ class FunctionTranslator:
     def _insn(self, pc: int, ins: isa.Insn) -> int:
         """Emit one instruction; returns the next slot."""
         cls = ins.op & 7
-        if cls in (isa.ALU, isa.ALU64):
-            self._alu(pc, ins, cls == isa.ALU64)
-        elif cls in (isa.JMP, isa.JMP32):
-            self._jmp(pc, ins, cls == isa.JMP32)
-        elif ins.op == isa.LDDW:
+        if cls == _ALU or cls == _ALU64:
+            self._alu(pc, ins, cls == _ALU64)
+        elif cls == _JMP or cls == _JMP32:
+            self._jmp(pc, ins, cls == _JMP32)
+        elif ins.op == _LDDW:
             if pc + 1 >= self.sub.end:
                 raise CompileError(f"lddw at slot {pc} has no second slot")
             self._lddw(pc, ins, self.insns[pc + 1])
