@@ -583,3 +583,38 @@ def test_first_tier_code_serves_every_parameter_set(tmp_path: Path,
     jit_compile.wait_for_upgrades()   # the .fast.o is on disk
     jit_compile.clear_memory_cache()
     assert jit.load(progs[1]).compiled.source == "disk"    # the shared .fast.o
+
+
+def test_code_runs_wherever_the_address_space_puts_it(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Objects use the small code model (32-bit offsets within an object) and JITLink puts
+    each in one allocation. A daemon maps multi-GiB files between compiles, so its objects
+    land gigabytes apart: both tiers of every built-in must still link and agree with
+    interp."""
+    monkeypatch.setenv("STORD_JIT_CACHE", str(tmp_path))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    gap = 6 << 30   # address space only (PROT_NONE, MAP_NORESERVE): no memory is used
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | 0x4000   # MAP_NORESERVE
+    holes = []
+    jit_compile.clear_memory_cache()
+    progs = [stats(col=2, header=1, scale=s) for s in (1, 2, 3)] + [
+        load_object(builtin_object(name)).with_params(**params)
+        for name, params in (("hist", {"col": 2, "header": 1, "lo": -500, "width": 100}),
+                             ("count", {"col": 3, "header": 1, "op": 0}),
+                             ("groupby", {"key_col": 1, "col": 2, "header": 1}))]
+    try:
+        for prog in progs:
+            p = libc.mmap(None, gap, 0, flags, -1, 0)   # PROT_NONE
+            assert p not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+            holes.append(p)
+            fast = run(jit, prog, CSV)
+            jit_compile.wait_for_upgrades()
+            assert jit.load(prog).compiled.tier in ("o2", jit_compile.PIPELINE)
+            assert fast == run(jit, prog, CSV) == run(interp, prog, CSV)
+    finally:
+        for p in holes:
+            libc.munmap(p, gap)
