@@ -23,9 +23,11 @@ masked, and no nsw/nuw flags are emitted.
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import compress
+from operator import itemgetter
 
 from stord.engines import base
 from stord.engines.jit import irtext as ir
@@ -124,10 +126,34 @@ _PSEUDO_CALL, _PSEUDO_FUNC = isa.PSEUDO_CALL, isa.PSEUDO_FUNC
 BPF_LOOP = 181   # the helper id of bpf_loop
 
 
-def subprogram_starts(insns: list[isa.Insn]) -> list[int]:
+def marked_slots(insns: list[isa.Insn]) -> list[int]:
+    """The slots the walks below look at (jumps, exits, calls and lddw: a third of clang's
+    code), in order: they go through this list, made once per program, instead of every
+    slot. (itemgetter(0) is Insn.op.)"""
+    return list(compress(range(len(insns)), map(_MARKED.__contains__,
+                                                map(itemgetter(0), insns))))
+
+
+def _marked_in(marked: list[int], start: int, end: int) -> list[int]:
+    return marked[bisect_left(marked, start):bisect_left(marked, end)]
+
+
+def jump_targets(insns: list[isa.Insn], start: int, end: int,
+                 marked: list[int] | None = None) -> set[int]:
+    """Targets of the jumps in [start, end) (which may lie outside it)."""
+    out: set[int] = set()
+    for pc in _marked_in(marked if marked is not None else marked_slots(insns), start, end):
+        ins = insns[pc]
+        if ins.op in _BRANCHES:
+            out.add(pc + (ins.imm if ins.op in _JA32 else ins.off) + 1)
+    return out
+
+
+def subprogram_starts(insns: list[isa.Insn], marked: list[int] | None = None) -> list[int]:
     starts = {0}
     n = len(insns)
-    for i, ins in enumerate(insns):
+    for i in marked if marked is not None else marked_slots(insns):
+        ins = insns[i]
         op = ins.op
         if op != _CALL_OP and op != _LDDW:
             continue
@@ -150,6 +176,7 @@ INLINE_SMALL = 256           # a function called from several sites is copied in
 
 _EXITS = frozenset((isa.JMP | isa.EXIT, isa.JMP | isa.EXIT | isa.X, isa.JMP32 | isa.EXIT,
                     isa.JMP32 | isa.EXIT | isa.X))
+_MARKED = _BRANCHES | _EXITS | {_CALL_OP, _CALLX_OP, _LDDW}   # see marked_slots
 # loop_callbacks: the opcodes that write their dst (ALU, ALU64, LD, LDX classes) and the
 # atomics (some write their src)
 _SETS_DST = frozenset(op for op in range(256) if op & 7 in (isa.ALU, isa.ALU64, isa.LD, isa.LDX))
@@ -167,11 +194,13 @@ def jump_sccs(insns: list[isa.Insn], start: int, end: int) -> dict[int, int]:
     return {pc: c for k, c in enumerate(comps) for pc in range(order[k], bounds[k])}
 
 
-def block_sccs(insns: list[isa.Insn], start: int, end: int) -> tuple[list[int], list[int]]:
+def block_sccs(insns: list[isa.Insn], start: int, end: int,
+               marked: list[int] | None = None) -> tuple[list[int], list[int]]:
     """jump_sccs by block: the first slots of the blocks, in order, and the component of
-    each (the translator looks a few slots up with bisect rather than build the dict)."""
+    each (the translator looks a few slots up with bisect rather than build the dict).
+    `marked`: marked_slots(insns), if known."""
     firsts = {start}
-    for pc in range(start, end):
+    for pc in _marked_in(marked if marked is not None else marked_slots(insns), start, end):
         ins = insns[pc]
         op = ins.op
         if op in _BRANCHES:
@@ -242,58 +271,81 @@ def block_sccs(insns: list[isa.Insn], start: int, end: int) -> tuple[list[int], 
     return order, [order[c] for c in comp]
 
 
-def loop_callbacks(insns: list[isa.Insn], start: int, end: int) -> dict[int, int]:
+def loop_callbacks(insns: list[isa.Insn], start: int, end: int,
+                   marked: list[int] | None = None,
+                   targets: set[int] | None = None) -> dict[int, int]:
     """bpf_loop call sites in [start, end) whose callback is known: r2 was set by an lddw of
     a function in the same straight-line run (no jump target or call in between), as
     clang emits it. The translator then emits only that callback's loop (runtime._loop
-    sees the same constant), so inlining can count the sites exactly."""
-    targets: set[int] = set()
-    for pc in range(start, end):
-        ins = insns[pc]
-        if ins.op in _BRANCHES:
-            targets.add(pc + (ins.imm if ins.op in _JA32 else ins.off) + 1)
+    sees the same constant), so inlining can count the sites exactly. `marked`,
+    `targets`: marked_slots(insns) and jump_targets of the range, if known.
+
+    Slots are walked from `start`, an lddw taking two; only the runs after an `lddw r2,
+    function` are read slot by slot (the lddw are found in `marked`)."""
+    if marked is None:
+        marked = marked_slots(insns)
+    if targets is None:
+        targets = jump_targets(insns, start, end, marked)
     known: dict[int, int] = {}
-    cur: int | None = None
-    pc = start
-    while pc < end:
-        ins = insns[pc]
-        op = ins.op
-        if pc in targets:
-            cur = None
-        if op == _LDDW:
-            if ins.dst == 2:
-                cur = pc + ins.imm + 1 if ins.src == _PSEUDO_FUNC else None
-            pc += 2
+    second = -1   # the second slot of the last lddw the walk reaches
+    for p in _marked_in(marked, start, end):
+        ins = insns[p]
+        if ins.op != _LDDW or p == second:
             continue
-        if op == _CALL_OP or op == _CALLX_OP:
-            if op == _CALL_OP and ins.src == 0 and ins.imm == BPF_LOOP and cur is not None:
-                known[pc] = cur
-            cur = None   # calls clobber r1-r5
-        elif op in _SETS_DST and ins.dst == 2:
-            cur = None
-        elif op in _ATOMICS and ins.src == 2:
-            cur = None   # atomic fetch / xchg write their source register
-        pc += 1
+        second = p + 1
+        if ins.dst != 2 or ins.src != _PSEUDO_FUNC:
+            continue
+        cur = p + ins.imm + 1
+        pc = p + 2
+        while pc < end:   # until r2 is set again or may differ
+            ins = insns[pc]
+            op = ins.op
+            if pc in targets:
+                break
+            if op == _LDDW:
+                if ins.dst == 2:
+                    break   # (a walk of its own starts there)
+                pc += 2
+                continue
+            if op == _CALL_OP or op == _CALLX_OP:
+                if op == _CALL_OP and ins.src == 0 and ins.imm == BPF_LOOP:
+                    known[pc] = cur
+                break   # calls clobber r1-r5
+            if (op in _SETS_DST and ins.dst == 2) or (op in _ATOMICS and ins.src == 2):
+                break   # (atomic fetch / xchg write their source register)
+            pc += 1
     return known
 
 
-def inline_set(insns: list[isa.Insn], starts: list[int], callbacks: list[int]) -> set[int]:
+def inline_set(insns: list[isa.Insn], starts: list[int], callbacks: list[int],
+               marked: list[int] | None = None,
+               targets: dict[tuple[int, int], set[int]] | None = None) -> set[int]:
     """Subprograms to inline. A function with one call site is always inlined (no copy is
     made); one with several only when all its copies together stay under INLINE_SMALL
     instructions, so nested calls cannot multiply the code (the emitted total is at most
-    the program plus INLINE_SMALL per function). Recursive functions are never inlined."""
+    the program plus INLINE_SMALL per function). Recursive functions are never inlined.
+    `marked`: marked_slots(insns), if known; `targets`: jump_targets by (start, end) of
+    each subprogram, filled in where missing."""
+    if marked is None:
+        marked = marked_slots(insns)
+    if targets is None:
+        targets = {}
     ends = dict(zip(starts, starts[1:] + [len(insns)], strict=True))
     known: dict[int, int] = {}
     for f, e in ends.items():
-        known.update(loop_callbacks(insns, f, e))
+        t = targets.get((f, e))
+        if t is None:
+            t = targets[f, e] = jump_targets(insns, f, e, marked)
+        known.update(loop_callbacks(insns, f, e, marked, t))
     loop_sites = 0
     calls: dict[int, list[int]] = {s: [] for s in starts}
-    owner = 0
-    for i, ins in enumerate(insns):
-        if i in ends:
-            owner = i
+    in_order = sorted(ends)
+    for i in marked:
+        ins = insns[i]
         if ins.op != _CALL_OP:
             continue
+        k = bisect_right(in_order, i)
+        owner = in_order[k - 1] if k else 0   # the subprogram holding slot i
         if ins.src == _PSEUDO_CALL:
             calls[owner].append(i + ins.imm + 1)
         elif ins.src == 0 and ins.imm == BPF_LOOP:
@@ -367,7 +419,8 @@ class ModuleTranslator:
             raise CompileError(f"program of {len(self.insns)} instructions is too large for "
                                f"the jit engine (at most {MAX_JIT_INSNS})")
         self.module = ir.Module(name=prog.name or "prog")
-        starts = subprogram_starts(self.insns)
+        self.marked = marked_slots(self.insns)
+        starts = subprogram_starts(self.insns, self.marked)
         self.subs: dict[int, Subprogram] = {}
         for k, s in enumerate(starts):
             end = starts[k + 1] if k + 1 < len(starts) else len(self.insns)
@@ -378,7 +431,8 @@ class ModuleTranslator:
         # address)
         self.entry_reentered = False
         callbacks: set[int] = set()
-        for i, ins in enumerate(self.insns):
+        for i in self.marked:
+            ins = self.insns[i]
             op = ins.op
             if op == _LDDW and ins.src == _PSEUDO_FUNC:
                 callbacks.add(i + ins.imm + 1)
@@ -387,7 +441,9 @@ class ModuleTranslator:
             if i + ins.imm + 1 == 0:
                 self.entry_reentered = True
         self.callbacks = sorted(callbacks)
-        self.inlined = inline_set(self.insns, starts, self.callbacks)
+        # jump targets by subprogram (start, end): inline_set's and FunctionTranslator's
+        self.leaders: dict[tuple[int, int], set[int]] = {}
+        self.inlined = inline_set(self.insns, starts, self.callbacks, self.marked, self.leaders)
         # .rodata (the parameters): the accessor of each map's bytes. The rest of the
         # translation does not depend on their values: see rodata_items.
         self.rodata: dict[int, ir.Function] = {
@@ -396,7 +452,6 @@ class ModuleTranslator:
         self._intrinsics: dict[str, ir.Function] = {}
         # per subprogram, once: block_sccs
         self.sccs: dict[tuple[int, int], tuple[list[int], list[int]]] = {}
-        self.leaders: dict[tuple[int, int], set[int]] = {}       # (FunctionTranslator)
         self.fault_fn = self._fault_fn()
         from stord.engines.jit import runtime  # noqa: PLC0415 - runtime builds on this module
         self.runtime = runtime.Runtime(self)
@@ -721,7 +776,7 @@ class FunctionTranslator:
         key = (self.sub.start, self.sub.end)
         found = self.mt.sccs.get(key)
         if found is None:   # an inlined subprogram is translated once per call site
-            found = self.mt.sccs[key] = block_sccs(self.insns, *key)
+            found = self.mt.sccs[key] = block_sccs(self.insns, *key, self.mt.marked)
         if not key[0] <= pc < key[1]:
             return -1
         firsts, comps = found
@@ -905,12 +960,7 @@ class FunctionTranslator:
         key = (self.sub.start, self.sub.end)
         out = self.mt.leaders.get(key)
         if out is None:
-            out = self.mt.leaders[key] = set()
-            insns = self.insns
-            for pc in range(*key):
-                ins = insns[pc]
-                if ins.op in _BRANCHES:
-                    out.add(pc + (ins.imm if ins.op in _JA32 else ins.off) + 1)
+            out = self.mt.leaders[key] = jump_targets(self.insns, *key, self.mt.marked)
         return out
 
     def _insn(self, pc: int, ins: isa.Insn) -> int:
