@@ -123,10 +123,14 @@ def analyse(insns: list[Insn], start: int, end: int, leaders: set[int],
                 _lddw(state, ins, insns[pc + 1], pc, map_handles)
             elif cls == _LDX:
                 out[pc] = list(state)
-                field = ctx_field(shift(state[ins.src], ins.off), 4) \
-                    if chunk and op & 0xE0 == _MEM and op & 0x18 == _W else None
-                state[ins.dst] = ("c", CTX_CONSTANTS[field]) if field in CTX_CONSTANTS \
-                    else None
+                k = state[ins.src]
+                if chunk and k is not None and k[0] == "c" and op & 0xF8 == _MEM | _W:
+                    # ctx_field(shift(k, off), 4): a constant address in the context
+                    field = ((k[1] + ins.off) & M64) - base.CTX_BASE
+                    state[ins.dst] = ("c", CTX_CONSTANTS[field]) if field in CTX_CONSTANTS \
+                        else None
+                else:
+                    state[ins.dst] = None
             elif cls == _ALU64:
                 src = state[ins.src] if op & _X else ("c", ins.imm & M64)
                 alu = op & 0xF0
@@ -172,7 +176,7 @@ def _merge(block_in: dict[int, State], work: list[int], t: int, state: State) ->
         return
     if old == state:
         return
-    new = [a if a == b else meet(a, b) for a, b in zip(old, state, strict=True)]
+    new = list(map(meet, old, state))
     if new != old:
         block_in[t] = new
         work.append(t)

@@ -214,22 +214,30 @@ def block_sccs(insns: list[isa.Insn], start: int, end: int,
     order = sorted(firsts)
     block_of = {f: k for k, f in enumerate(order)}
     bounds = order[1:] + [end]
-    # (a jump into an lddw's second half, which block_at refuses, has no block: skipped)
+    # where each block's last slot goes (calls return, exit nowhere); a jump into an lddw's
+    # second half, which block_at refuses, has no block: skipped
+    block = block_of.get
     succ: list[list[int]] = []
-    for last in bounds:   # where the block's last slot goes (calls return, exit nowhere)
+    for last in bounds:
         pc = last - 1
         ins = insns[pc]
         op = ins.op
         if op in _BRANCHES:
             if op & 0xF0 == isa.JA:
-                targets: tuple[int, ...] = (pc + (ins.imm if op in _JA32 else ins.off) + 1,)
+                t = block(pc + (ins.imm if op in _JA32 else ins.off) + 1)
+                succ.append([] if t is None else [t])
+                continue
+            t = block(pc + ins.off + 1)
+            f = block(last)
+            if t is None or f is None:
+                succ.append([] if t is None and f is None else [f if t is None else t])
             else:
-                targets = (pc + ins.off + 1, last)
+                succ.append([t, f])
         elif op in _EXITS:
-            targets = ()
+            succ.append([])
         else:
-            targets = (pc + 2,) if op == _LDDW else (last,)
-        succ.append([block_of[t] for t in targets if t in block_of])
+            t = block(pc + 2 if op == _LDDW else last)
+            succ.append([] if t is None else [t])
     n = len(order)
     index = [-1] * n
     low = [0] * n
