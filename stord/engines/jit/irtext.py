@@ -144,7 +144,7 @@ class Switch:
 
 
 class Block:
-    __slots__ = ("fn", "id", "name", "lines", "defs", "deferred", "is_terminated")
+    __slots__ = ("fn", "id", "name", "lines", "defs", "deferred", "is_terminated", "objects")
 
     def __init__(self, fn: Function, id_: int, name: str) -> None:
         self.fn = fn
@@ -155,6 +155,7 @@ class Block:
         # IRBuilder.store_at_end: slot -> (value, slot, the slot's type)
         self.deferred: dict[str, tuple[Value, Value, Type]] | None = None
         self.is_terminated = False
+        self.objects = False   # lines holds a Phi or Switch (else only str)
 
 
 class Argument(Value):
@@ -230,7 +231,7 @@ class Function(Value):
                 numbers[i] = _numbers[n]
                 n += 1
             body.append(f"{blk.name}:")
-            body.extend(map(str, blk.lines))
+            body.extend(map(str, blk.lines) if blk.objects else blk.lines)
         return f"{head}\n" + "\n".join(body).format(*numbers) + "\n}"
 
 
@@ -334,9 +335,10 @@ class IRBuilder:
             ref = ref_of(n)
         # an insertion (self._at) is before the block's terminator, after every other
         # line that defines a value: defs stays in line order
-        self.block.defs.append(n)
+        blk = self.block
+        blk.defs.append(n)
         if self._at is None:
-            self.block.lines.append(f"  {ref} = {text}")
+            blk.lines.append(f"  {ref} = {text}")
         else:
             self._line(f"  {ref} = {text}")
         v = _new(Value)   # (Value(ty, ref) without the call to __init__: one per line)
@@ -590,6 +592,7 @@ class IRBuilder:
         sw = Switch(v, default)
         self._flush()
         self._line(sw)
+        self.block.objects = True
         self.block.is_terminated = True
         return sw
 
@@ -598,6 +601,7 @@ class IRBuilder:
         p = Phi(ty, ref)
         self.block.defs.append(n)
         self._line(p)
+        self.block.objects = True
         return p
 
     def unreachable(self) -> None:

@@ -38,6 +38,7 @@ from stord.program import isa
 from stord.program.model import MAP_HASH, MAP_PERCPU_HASH, MapDef, Program
 
 I1, I8, I16, I32, I64 = (ir.IntType(n) for n in (1, 8, 16, 32, 64))
+SIZE_TYPES = {1: I8, 2: I16, 4: I32, 8: I64}   # an access's integer type by its bytes
 PTR = ir.PointerType()
 VOID = ir.VoidType()
 RET = I64   # a subprogram returns r0
@@ -909,7 +910,7 @@ class FunctionTranslator:
                  signed: bool = False, kind: kinds.Kind = None) -> ir.Value:
         """The value, widened to i64; a 4-byte unsigned load stays i32 (set_reg widens it
         and keeps the i32 for 32-bit uses, which are common after a 32-bit load)."""
-        ty = ir.IntType(size * 8)
+        ty = SIZE_TYPES[size]
         v = self.b.load(self.host_ptr(addr, size, False, pc, kind), typ=ty, align=1)
         if size == 8 or (size == 4 and not signed):
             return v
@@ -917,7 +918,7 @@ class FunctionTranslator:
 
     def store_mem(self, addr: ir.Value | Callable[[], ir.Value], size: int, value: ir.Value,
                   pc: int, kind: kinds.Kind = None) -> None:
-        ty = ir.IntType(size * 8)
+        ty = SIZE_TYPES[size]
         p = self.host_ptr(addr, size, True, pc, kind)
         if value.type != ty:
             value = self.b.trunc(value, ty)
@@ -948,8 +949,7 @@ class FunctionTranslator:
                 b.position_at_end(blk)
             elif b.block.is_terminated:
                 b.position_at_end(self.fn.append_basic_block("dead"))
-            ins = self.insns[pc]
-            pc = self._insn(pc, ins)
+            pc = self._insn(pc, self.insns[pc])
         if not b.block.is_terminated:
             self.fail(L.ST_FALLTHROUGH, self.sub.end - 1)
         if not self.inline:
@@ -1046,7 +1046,7 @@ class FunctionTranslator:
                 size: int) -> None:
         """One thread runs an instance, so atomics are plain read-modify-write."""
         b = self.b
-        ty = ir.IntType(size * 8)
+        ty = SIZE_TYPES[size]
         p = self.host_ptr(addr, size, True, pc, self.kind(pc, ins.dst, ins.off))
         old = b.load(p, typ=ty, align=1)
         src = self.reg32(ins.src) if size == 4 else self.reg(ins.src)
