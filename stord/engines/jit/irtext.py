@@ -566,7 +566,7 @@ class IRBuilder:
     def call(self, fn: Value, args: list[Value], attrs: tuple[str, ...] = (),
              ftype: FunctionType | None = None) -> Value | None:
         ftype = ftype or fn.ftype
-        argl = ", ".join(f"{a.type} {a.ref}" for a in args)
+        argl = ", ".join([f"{a.type} {a.ref}" for a in args])
         tail = " " + " ".join(attrs) if attrs else ""
         text = f"call {ftype.ret} {fn.ref}({argl}){tail}"
         if ftype.ret == "void":
