@@ -119,10 +119,11 @@ def target_machine() -> llvm.TargetMachine:
         llvm.set_option("stord", "-simplifycfg-branch-fold-threshold=0")
         # Position-independent code, small code model: an object reaches its own code and
         # data by 32-bit offsets, and libc through the linker's stubs. That needs a linker
-        # that puts each object in one allocation (JITLink does, see _jit): a daemon maps
-        # multi-GiB files, and the JIT's default (RuntimeDyld, large model) would place an
-        # object's sections apart. Under the large model the first tier's fast instruction
-        # selector could not lower a call (each fell back to SelectionDAG).
+        # that puts each object in one allocation (JITLink does, see _jit): the JIT's default
+        # linker, RuntimeDyld, allocates sections one by one, and a daemon maps multi-GiB
+        # files in between (RuntimeDyld is why the JIT's default is the large model). Under
+        # the large model the first tier's fast instruction selector could not lower a call
+        # (each fell back to SelectionDAG).
         target = llvm.Target.from_default_triple()
         _machine = target.create_target_machine(
             cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(),
