@@ -144,7 +144,16 @@ def linestats() -> Program:
 
 
 def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+    """The process's BPF object fds (programs, maps, BTF): only these, because other threads
+    open files at any time (the jit's background compiles write its cache)."""
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:   # closed meanwhile (the listing's own fd among them)
+            continue
+        n += target.startswith(("anon_inode:bpf-", "anon_inode:btf"))
+    return n
 
 
 def run(engine, prog: Program, chunks: list[bytes]) -> tuple[list[int], dict]:
