@@ -54,28 +54,22 @@ CTL_BUDGET, CTL_STATUS = 0, 8
 ENTRY_NAME = "stord_entry"
 
 
-_c64: dict[int, ir.Value] = {}   # c64's constants by value (ir.interned's, found faster)
+def _constants(ty: ir.IntType, mask: int) -> Callable[[int], ir.Value]:
+    """A maker of ty's constants that keeps them by value (ir.interned's, found faster)."""
+    cache: dict[int, ir.Value] = {}
+
+    def make(v: int) -> ir.Value:
+        c = cache.get(v)
+        if c is None:
+            c = ir.Constant(ty, v & mask)
+            if len(cache) < 1 << 16:
+                cache[v] = c
+        return c
+    return make
 
 
-def c64(v: int) -> ir.Value:
-    c = _c64.get(v)
-    if c is None:
-        c = ir.Constant(I64, v & 0xFFFF_FFFF_FFFF_FFFF)
-        if len(_c64) < 1 << 16:
-            _c64[v] = c
-    return c
-
-
-def c32(v: int) -> ir.Value:
-    c = _c32.get(v)
-    if c is None:
-        c = ir.Constant(I32, v & 0xFFFF_FFFF)
-        if len(_c32) < 1 << 16:
-            _c32[v] = c
-    return c
-
-
-_c32: dict[int, ir.Value] = {}
+c64 = _constants(I64, 0xFFFF_FFFF_FFFF_FFFF)
+c32 = _constants(I32, 0xFFFF_FFFF)
 
 
 def map_handle(index: int) -> int:
@@ -346,7 +340,6 @@ def inline_set(insns: list[isa.Insn], starts: list[int], callbacks: list[int],
         if t is None:
             t = targets[f, e] = jump_targets(insns, f, e, marked)
         known.update(loop_callbacks(insns, f, e, marked, t))
-    loop_sites = 0
     calls: dict[int, list[int]] = {s: [] for s in starts}
     in_order = sorted(ends)
     for i in marked:
@@ -358,7 +351,6 @@ def inline_set(insns: list[isa.Insn], starts: list[int], callbacks: list[int],
         if ins.src == _PSEUDO_CALL:
             calls[owner].append(i + ins.imm + 1)
         elif ins.src == 0 and ins.imm == BPF_LOOP:
-            loop_sites += 1
             # a bpf_loop site calls its known callback, else may call every callback
             calls[owner].extend([known[i]] if i in known else callbacks)
     sites = {s: 0 for s in starts}
