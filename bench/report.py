@@ -111,6 +111,10 @@ def jit_vs_c(res: dict[str, Any]) -> str:
         line += (f" In {len(bal['jit_vs_c'])} balanced rounds of the C loops and the jit "
                  "alone (each round runs them in order, then in reverse, within about a "
                  "second), the median per-round ratio of the jit to: " + "; ".join(per) + ".")
+    if xs := bal.get("jit_vs_duckdb_1_thread"):
+        line += (f" In {len(xs)} balanced rounds of the jit and DuckDB 1 thread alone (jit, "
+                 "DuckDB, DuckDB, jit), the median per-round ratio of the jit to DuckDB 1 "
+                 f"thread: {_ratio(statistics.median(xs))} ({_spread(xs, quartiles=True)}).")
     if bal.get("errors"):
         line += " Balanced rounds: " + "; ".join(bal["errors"]) + "."
     return line

@@ -41,6 +41,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--pairs", type=int, default=15,
                     help="balanced rounds (C, C same job, jit, then reversed) after the "
                          "round-robin, for the jit-vs-C ratio (default 15; 0: none)")
+    ap.add_argument("--duck-pairs", type=int, default=9,
+                    help="balanced rounds of the jit and DuckDB 1 thread alone (jit, DuckDB, "
+                         "DuckDB, jit), for the jit-vs-DuckDB ratio (default 9; 0: none)")
     ap.add_argument("--slow-budget-s", type=float, default=30,
                     help="stop repeating a slow figure after this many seconds (>= 1 run)")
     ap.add_argument("--rates", default="1gbit,100mbit",
@@ -117,6 +120,14 @@ def throughput(args: argparse.Namespace, ds: datagen.Dataset, small: datagen.Dat
         res["balanced"] = {"jit_vs_c": round_ratios(b_naive, b_jit),
                            "jit_vs_c_same_job": round_ratios(b_same, b_jit),
                            "errors": [r.error for r in (b_naive, b_same, b_jit) if r.error]}
+    if args.duck_pairs:
+        # the same for DuckDB: in the round-robin, the jit's run and DuckDB's are up to a
+        # second apart and the machine's speed drifts in between (2.2x-3.6x in one run)
+        d_jit, d_duck = balanced([engines.stord_contender(ds, "jit"),
+                                  competitors.duckdb_contender(ds, 1)], args.duck_pairs)
+        bal = res.setdefault("balanced", {"errors": []})
+        bal["jit_vs_duckdb_1_thread"] = round_ratios(d_duck, d_jit)
+        bal["errors"] += [r.error for r in (d_jit, d_duck) if r.error]
     add(competitors.csv_module_avg(ds, min(runs, 3)))
 
 

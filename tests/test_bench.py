@@ -359,6 +359,12 @@ def test_report_tables_from_measured_records(tmp_path: Path) -> None:
                                 rounds=rounds))
     assert "3 rounds" in line and "naive C 1.50× (range 0.500×-2.00×)" in line
     assert "DuckDB 1 thread 3.00×" in line and "same-job C 1" not in line
+    # balanced jit/DuckDB rounds get their own sentence, even without the C ones
+    line = report.jit_vs_c(dict(res, throughput=res["throughput"] + [jit.to_dict()],
+                                balanced={"jit_vs_duckdb_1_thread": [2.5, 3.5, 3.0, 2.0],
+                                          "errors": []}))
+    assert "In 4 balanced rounds of the jit and DuckDB 1 thread alone" in line
+    assert "DuckDB 1 thread: 2.75×" in line and "balanced rounds of the C loops" not in line
     out = tmp_path / "RESULTS.md"
     out.write_text(f"# title\nkept above\n{report.BEGIN}\nold\n{report.END}\nkept below\n")
     report.update_results_md(out, md)
