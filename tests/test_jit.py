@@ -365,12 +365,15 @@ def test_callee_uses_its_callers_frame(shape: str, read: int, ok: bool) -> None:
         assert want == 0x1234 + (2 if shape == "twice" else 1)
 
 
-def test_jump_sccs_put_only_loops_together() -> None:
-    from stord.engines.jit.translate import jump_sccs
+def test_block_sccs_put_only_loops_together() -> None:
+    from bisect import bisect_right
+
+    from stord.engines.jit.translate import block_sccs
     from stord.program.asm import assemble
 
     insns = assemble(TAIL_ASM)
-    scc = jump_sccs(insns, 0, len(insns))
+    order, comps = block_sccs(insns, 0, len(insns))
+    scc = [comps[bisect_right(order, pc) - 1] for pc in range(len(insns))]
     body, tail = 5, 3   # slots of the labels
     assert scc[body] == scc[len(insns) - 1] == scc[body + 1]   # the loop's slots
     assert scc[tail] != scc[body] and scc[0] != scc[body]

@@ -178,22 +178,15 @@ _SETS_DST = frozenset(op for op in range(256) if op & 7 in (isa.ALU, isa.ALU64, 
 _ATOMICS = frozenset(op for op in range(256) if op & 7 == isa.STX and op & 0xE0 == isa.ATOMIC)
 
 
-def jump_sccs(insns: list[isa.Insn], start: int, end: int) -> dict[int, int]:
-    """Strongly connected components of the slots [start, end): slot -> component number.
-    Computed on the straight-line blocks (a cycle enters a block only at its first slot
-    and leaves it only at its last, so a block's slots are all in one component or none
-    is in a cycle) with Tarjan's algorithm, iterative (programs have up to MAX_JIT_INSNS
-    slots). A block outside every cycle is a component of its own."""
-    order, comps = block_sccs(insns, start, end)
-    bounds = order[1:] + [end]
-    return {pc: c for k, c in enumerate(comps) for pc in range(order[k], bounds[k])}
-
-
 def block_sccs(insns: list[isa.Insn], start: int, end: int,
                marked: list[int] | None = None) -> tuple[list[int], list[int]]:
-    """jump_sccs by block: the first slots of the blocks, in order, and the component of
-    each (the translator looks a few slots up with bisect rather than build the dict).
-    `marked`: marked_slots(insns), if known."""
+    """Strongly connected components of the slots [start, end), by block: the first slots
+    of the blocks, in order, and the component of each (named by a block's first slot; the
+    translator looks a slot's block up with bisect). Computed on the straight-line blocks (a
+    cycle enters a block only at its first slot and leaves it only at its last, so a block's
+    slots are all in one component or none is in a cycle) with Tarjan's algorithm,
+    iterative (programs have up to MAX_JIT_INSNS slots). A block outside every cycle is a
+    component of its own. `marked`: marked_slots(insns), if known."""
     firsts = {start}
     for pc in _marked_in(marked if marked is not None else marked_slots(insns), start, end):
         ins = insns[pc]
