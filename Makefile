@@ -35,8 +35,10 @@ bench: setup
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
+# vagrant: tests/test_hook.py validates vagrant/Vagrantfile with it (the VMs themselves run
+# under the qemu harness)
 kernel-test: setup
-	@missing=$$(for p in qemu-system-x86 busybox-static; do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	@missing=$$(for p in qemu-system-x86 busybox-static vagrant; do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing $$missing"; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \

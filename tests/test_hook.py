@@ -153,7 +153,7 @@ def test_vm_boots_and_reports_the_exit_status() -> None:
 
 def test_vagrantfile_validates(tmp_path: Path) -> None:
     if shutil.which("vagrant") is None:
-        pytest.skip("vagrant not installed (apt-get install vagrant)")
+        pytest.skip("vagrant not installed (make kernel-test installs it)")
     r = subprocess.run(["vagrant", "validate"], cwd=REPO / "vagrant", capture_output=True,
                        text=True, timeout=120, env={"PATH": "/usr/bin:/bin",
                                                      "HOME": str(tmp_path),
