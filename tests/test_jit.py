@@ -365,6 +365,74 @@ def test_callee_uses_its_callers_frame(shape: str, read: int, ok: bool) -> None:
         assert want == 0x1234 + (2 if shape == "twice" else 1)
 
 
+# A stack pointer spilled to r10-8 and filled back (kinds.py keeps the kind of what a slot
+# holds), with the slot overwritten in between in ways that must make the fill unknown:
+# then the store through the filled pointer writes fp-32 (7) instead of fp-16 (70).
+SPILL_ASM = """
+    mov %r6, 0
+    stxdw [%r10-16], %r6
+    stxdw [%r10-32], %r6
+    mov %r1, %r10
+    add %r1, -16
+    stxdw [%r10-8], %r1
+    mov %r2, %r10
+    add %r2, -32
+    {between}
+    ldxdw %r3, [%r10-8]
+    mov %r4, 7
+    stxdw [%r3+0], %r4
+    ldxdw %r0, [%r10-16]
+    mul %r0, 10
+    ldxdw %r5, [%r10-32]
+    add %r0, %r5
+    exit
+g:
+    mov %r2, %r1
+    add %r2, -24
+    stxdw [%r1+0], %r2
+    mov %r0, 0
+    exit
+"""
+SPILL_CASES = {
+    "kept": ("", 70),
+    # a pointer kinds.py cannot follow (an AND) that points at the slot
+    "through an unknown pointer": ("mov %r9, %r10\n    and %r9, -1\n    add %r9, -8\n"
+                                   "    stxdw [%r9+0], %r2", 7),
+    # the low half of the slot: fp-32 and fp-16 differ only there
+    "by a narrower store": ("stxw [%r10-8], %r2", 7),
+    # a callee given the slot's address
+    "by a callee": ("mov %r1, %r10\n    add %r1, -8\n    call local g", 7),
+    # two paths that spill different pointers (the analysis takes both)
+    "on one of two paths": ("mov %r7, 1\n    jeq %r7, 0, +1\n    stxdw [%r10-8], %r2", 7),
+    # a spill of the other pointer over it
+    "by another spill": ("stxdw [%r10-8], %r2", 7),
+}
+
+
+@pytest.mark.parametrize("case", SPILL_CASES)
+def test_a_filled_pointer_is_the_last_one_spilled(case: str) -> None:
+    from stord.program.asm import assemble
+
+    between, want = SPILL_CASES[case]
+    prog = Program(name="t", section="", insns=assemble(SPILL_ASM.format(between=between)))
+    assert interp.load(prog, helpers="conformance").call(None) == want
+    assert jit.load(prog, helpers="conformance").call(None) == want
+
+
+def test_kinds_follow_a_pointer_through_a_spill_slot() -> None:
+    """What makes the jit's code for a bpf_loop callback keep its loop state in registers
+    when clang spills the context pointer: the filled pointer is known to be r10-16."""
+    from stord.engines.jit import kinds
+    from stord.program.asm import assemble
+
+    insns = assemble(SPILL_ASM.format(between=""))
+    end = next(i for i, ins in enumerate(insns) if ins.op == isa.EXIT_OP) + 1
+    states = kinds.analyse(insns, 0, end, set(), {})
+    store = next(pc for pc in sorted(states) if insns[pc].op == isa.STX | isa.MEM | isa.DW
+                 and insns[pc].dst == 3)
+    assert states[store][3] == ("s", -16)
+
+
 def test_block_sccs_put_only_loops_together() -> None:
     from bisect import bisect_right
 

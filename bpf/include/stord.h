@@ -70,13 +70,14 @@ static __always_inline int stord_chunk(struct xdp_md *ctx, struct stord_chunk *c
 #define STORD_S64_MAX 0x7fffffffffffffffLL
 #define STORD_S64_MIN (-STORD_S64_MAX - 1)
 
-/* ---- reading the chunk: a per-byte loop over a window buffer ---------------------------
+/* ---- reading the chunk: a loop over a window buffer -------------------------------------
  * The kernel verifier refuses packet access at an unbounded offset, and chunks are up to
- * 1 MiB in userspace. So a program walks the chunk with bpf_loop (one callback per byte)
- * and reads each byte through stord_byte(), which copies the chunk window by window
- * (bpf_xdp_load_bytes: a memcpy in the userspace engines) into a global buffer.
- * Why a callback per byte rather than a C loop over the window: the verifier checks a
- * bpf_loop callback once, but walks a bounded C loop iteration by iteration, path by path
+ * 1 MiB in userspace. So a program walks the chunk with bpf_loop and reads it from a global
+ * buffer that bpf_xdp_load_bytes fills window by window (a memcpy in the userspace
+ * engines): grep one callback per byte through stord_byte(), the CSV scanner one callback
+ * per byte that matters (its "special" bytes, found a word of 8 bytes at a time).
+ * Why callbacks rather than a C loop over the window: the verifier checks a bpf_loop
+ * callback once, but walks a bounded C loop iteration by iteration, path by path
  * (a 4096-byte window of a CSV state machine is far past its 1M-instruction limit). The
  * jit runs bpf_loop as a native loop with the callback inlined, and the loop state the
  * callback keeps in its context struct (on the caller's stack) becomes registers. */
@@ -85,7 +86,11 @@ static __always_inline int stord_chunk(struct xdp_md *ctx, struct stord_chunk *c
 #endif
 #define STORD_MAX_CHUNK (1u << 23) /* bpf_loop's limit on iterations */
 
-__u8 stord_buf[STORD_WINDOW] STORD_SCRATCH;
+/* The window, then room for a byte after it (the CSV walk's end mark) and for a word (8
+ * bytes) loaded at any index up to it. Indexes into the walk's part are masked with
+ * STORD_BUF_MASK (for the verifier: the bound is the mask's). */
+#define STORD_BUF_MASK (2 * STORD_WINDOW - 1)
+__u8 stord_buf[2 * STORD_WINDOW + 8] STORD_SCRATCH;
 
 /* Always 0, but the kernel verifier cannot know it (global data is not tracked). The
  * verifier keeps apart states whose registers or stack slots hold different constants, and
@@ -96,9 +101,9 @@ __u32 stord_zero STORD_SCRATCH;
 
 /* Window widx of a chunk of len bytes into stord_buf; returns its length (1..STORD_WINDOW),
  * or -1 (past the end, or the helper failed: return STORD_ERROR). For the two-level walk:
- * an outer bpf_loop over the windows calls this, then an inner bpf_loop over its bytes,
- * which read stord_buf[idx & (STORD_WINDOW - 1)] with no per-byte window test (the CSV
- * scanner below; the jit runs both loops natively, nested). */
+ * an outer bpf_loop over the windows calls this, then an inner bpf_loop over the window,
+ * with no window test per step (the CSV scanner below; the jit runs both loops natively,
+ * nested). */
 static __always_inline int stord_window(struct xdp_md *ctx, __u32 widx, __u32 len)
 {
 	__u32 off = widx * STORD_WINDOW, n;
@@ -227,6 +232,82 @@ static __always_inline void stord_num_feed(__u64 *acc, __u32 *st, __u8 c, __u32 
 	*st = s;
 }
 
+/* ---- words: 8 bytes at a time (SWAR) ------------------------------------------------
+ * A word is 8 bytes of the window in one __u64, its first byte lowest (BPF is little-endian
+ * here, as the hosts are). A byte mask has the top bit of each byte that is of interest. */
+#define STORD_ONES 0x0101010101010101ULL
+#define STORD_HIGHS 0x8080808080808080ULL
+#define STORD_LOWS 0x7f7f7f7f7f7f7f7fULL
+
+/* The 8 bytes at p, in one load wherever p is (BPF clang splits a load it does not know
+ * to be aligned into 8 byte loads; the kernel allows an unaligned load from a map value
+ * on hosts with efficient unaligned access, x86 and arm64). */
+static __always_inline __u64 stord_word(const __u8 *p)
+{
+	__u64 v;
+
+	asm("%0 = *(u64 *)(%1 + 0)" : "=r"(v) : "r"(p));
+	return v;
+}
+
+/* Bytes of v equal to c, every one exact. */
+static __always_inline __u64 stord_eq_bytes_exact(__u64 v, __u8 c)
+{
+	__u64 t = v ^ (c * STORD_ONES);
+
+	return ~(((t & STORD_LOWS) + STORD_LOWS) | t | STORD_LOWS);
+}
+
+/* Bytes of v below c (c <= 128), every one exact: (b | 0x80) - c has its top bit clear
+ * exactly when b & 0x7f < c, and no byte borrows from the next. */
+static __always_inline __u64 stord_below_bytes_exact(__u64 v, __u8 c)
+{
+	return ~(((v | STORD_HIGHS) - c * STORD_ONES) | v) & STORD_HIGHS;
+}
+
+/* Index (0..7) of the lowest flagged byte of a byte mask m != 0: its lowest bit, moved to
+ * bit 0 of its byte, times 0x0001..07 puts the byte index in the top byte (no ctz in BPF). */
+static __always_inline __u32 stord_first(__u64 m)
+{
+	return (((m & -m) >> 7) * 0x0001020304050607ULL) >> 56;
+}
+
+/* The first j bytes (1..7) of word v fed to a fresh number state at once: when they are an
+ * optional sign, then digits and at most one dot, acc and *st become what stord_num_feed
+ * makes of them one by one, and the result is 1. Otherwise 0 and nothing is changed (feed
+ * them one by one). Branch-free but for that test: a number's length, sign and dot place
+ * vary from record to record, and per-byte branches on them are mispredicted. */
+static __always_inline int stord_num_feed_word(__u64 v, __u32 j, __u64 *acc, __u32 *st)
+{
+	__u64 lm = (1ULL << (j * 8)) - 1, s = v & lm, dots, x, low;
+	__u32 b0 = s & 0xff, sg = b0 == '-' || b0 == '+', nd;
+
+	s >>= sg * 8;
+	lm >>= sg * 8;
+	dots = stord_eq_bytes_exact(s, '.') & lm & STORD_HIGHS;
+	if (dots & (dots - 1))
+		return 0; /* two dots */
+	s += (dots >> 7) * ('0' - '.'); /* the dot as a '0', for the digit test */
+	x = s | ('0' * STORD_ONES & ~lm);
+	/* every byte a digit: high nibble 3, and still 3 with 6 added (Lemire's test) */
+	if (((x & 0xf0f0f0f0f0f0f0f0ULL) | (((x + 0x0606060606060606ULL) & 0xf0f0f0f0f0f0f0f0ULL) >> 4))
+	    != 0x3333333333333333ULL)
+		return 0;
+	nd = j - sg - (dots != 0);
+	low = (dots >> 7) - 1; /* the bytes below the dot (all of them without one) */
+	/* the digits without the dot, first digit lowest; then moved to the top of the word
+	 * (the bytes below are leading zeros) and combined in pairs, fours and eights */
+	x = ((s & low) | ((s >> 8) & ~low)) & 0x0f0f0f0f0f0f0f0fULL;
+	x = (x << ((7 - nd) * 8)) << 8;
+	x = (x * 2561) >> 8;
+	x = ((x & 0x00ff00ff00ff00ffULL) * 6553601) >> 16;
+	x = ((x & 0x0000ffff0000ffffULL) * 42949672960001ULL) >> 32;
+	*acc = x;
+	*st = (b0 == '-' ? STORD_NUM_NEG : 0) | (b0 == '+' ? STORD_NUM_PLUS : 0) |
+	      nd * STORD_NUM_ND | (dots ? STORD_NUM_DOT | stord_first(dots) * STORD_NUM_AT_DOT : 0);
+	return 1;
+}
+
 static __always_inline int stord_num_end(__u64 acc, __u32 st, __u32 scale, __s64 *out)
 {
 	__u32 nd = st / STORD_NUM_ND, fd = 0, k;
@@ -333,8 +414,14 @@ static __always_inline void stord_csv_key_byte(__u8 c)
 static __always_inline void stord_csv_content(__u32 c, __u32 column, __u64 *acc, __u32 *nst)
 {
 	/* col/key_col are frozen parameters: a -1 (none) folds the test away */
-	if (col >= 0 && column == (__u32)col)
+	if (col >= 0 && column == (__u32)col) {
+		/* through memory (see stord_num_end): past 19 digits the feed's tests decide
+		 * the digit count for the verifier, which would then walk every iteration of
+		 * the loop around this apart */
+		stord_num_fd = *nst;
+		*nst = *(volatile __u32 *)&stord_num_fd;
 		stord_num_feed(acc, nst, c, scale);
+	}
 	if (key_col >= 0 && column == (__u32)key_col)
 		stord_csv_key_byte(c);
 }
@@ -378,6 +465,11 @@ struct stord_csv_walk {
 	__u32 error;
 	__u32 start; /* in the window: where the record's first byte other than CR is (or will
 		      * be); stord_zero - 1, never an index, once it has one */
+	__u32 n;     /* the window's length */
+	__u32 base;  /* in the window: where the current word starts (multiples of 8) */
+	__u32 cs;    /* in the window: the first byte after the last special one */
+	__u32 at;    /* where stord_csv_take_byte reads */
+	__u64 m;     /* the current word's special bytes not yet taken */
 };
 
 /* A byte of a read column that is content: not a quote, so the next quote is not doubled. */
@@ -387,14 +479,15 @@ static __always_inline void stord_csv_read_byte(struct stord_csv_walk *w, __u32 
 	stord_csv_content(c, w->column, &w->acc, &w->nst);
 }
 
-/* The per-byte state machine (RFC 4180): a quote toggles the quoted state, a doubled quote
- * inside a quoted field is a literal quote, delimiter and LF end fields and records only
- * outside quotes, CR outside quotes is dropped. `wanted`: whether the scanner reads the
- * current column (a constant in each of the two copies stord_csv_byte makes).
- * Shaped for the jit, which lays a branch's fall-through out as the hot path: an ordinary
- * byte of a column nobody reads takes no branch and changes no state (a blank line is told
- * by position, and the quote flags matter only in read columns), and a delimiter is
- * compared once. */
+/* The state machine (RFC 4180), for one byte the walk stops at (stord_csv_step): a quote
+ * toggles the quoted state, a doubled quote inside a quoted field is a literal quote,
+ * delimiter and LF end fields and records only outside quotes, CR outside quotes is
+ * dropped; other bytes are content (read by stord_csv_read_byte in a read column).
+ * `wanted`: whether the scanner reads the current column (a constant in each of the two
+ * copies stord_csv_step makes). A blank line is told by position (the newline's index
+ * against the index where the record's first byte other than CR is), and in a column
+ * nobody reads a quote only toggles the quoted state (a doubled quote's two toggles leave
+ * the state a literal quote does). Returns 1 at the quote after the window's end, else 0. */
 static __always_inline long stord_csv_byte_in(__u32 idx, struct stord_csv_walk *w, __u32 c,
 					      __u32 fl, int wanted)
 {
@@ -405,6 +498,8 @@ static __always_inline long stord_csv_byte_in(__u32 idx, struct stord_csv_walk *
 			return 0;
 		}
 		if (c == '"') {
+			if (idx >= w->n)
+				return 1; /* the quote past the window's end */
 			if (!wanted) {
 				/* only the field's end matters: "" toggles twice, which leaves the
 				 * same quoted state as a literal quote does */
@@ -451,29 +546,109 @@ static __always_inline long stord_csv_byte_in(__u32 idx, struct stord_csv_walk *
 	return 0;
 }
 
-static long stord_csv_byte(__u32 idx, void *arg)
+/* The bytes the walk stops at ("special"): the delimiter, and the quote, LF and CR among the
+ * bytes below '#' (the others there, control bytes, space and '!', are flagged too, for
+ * one test less: the state machine finds them to be content). Exact: every flagged byte is
+ * one of these, so the walk can take them all, lowest first. */
+static __always_inline __u64 stord_csv_specials(__u64 v)
 {
-	struct stord_csv_walk *w = arg;
-	__u32 c = stord_buf[idx & (STORD_WINDOW - 1)], fl = w->fl;
-
-	if (!stord_csv_wanted(w->column))
-		return stord_csv_byte_in(idx, w, c, fl, 0);
-	/* a digit of a read column (the usual byte of a number column) skips the delimiter
-	 * and quote tests, unless the delimiter is a digit (folded per program) */
-	if ((__u8)(delim - '0') >= 10 && c - '0' < 10) {
-		stord_csv_read_byte(w, c, fl);
-		return 0;
-	}
-	return stord_csv_byte_in(idx, w, c, fl, 1);
+	return (stord_eq_bytes_exact(v, delim) | stord_below_bytes_exact(v, '"' + 1)) &
+	       STORD_HIGHS;
 }
 
-/* One window of the chunk: load it, then the byte callback over its bytes. */
+/* A content byte of a read column that the walk did not stop at (nested bpf_loop). */
+static long stord_csv_take_byte(__u32 i, void *arg)
+{
+	struct stord_csv_walk *w = arg;
+
+	stord_csv_content(stord_buf[(w->at + i) & (STORD_WINDOW - 1)], w->column, &w->acc,
+			  &w->nst);
+	return 0;
+}
+
+/* The bytes [w->cs, end) of a read column: content, none of them special; then cs = end.
+ * The start of a number (at most 7 bytes) as one word; else byte by byte. Non-zero: a
+ * helper failed. */
+static __always_inline int stord_csv_take(struct stord_csv_walk *w, __u32 end)
+{
+	__u32 len = end - w->cs, at = w->cs;
+	int fast;
+
+	if (!len)
+		return 0;
+	w->fl |= STORD_CSV_NPQ;
+	w->cs = end;
+	fast = col >= 0 && w->column == (__u32)col && key_col != col && w->nst == 0 && len < 8 &&
+	       stord_num_feed_word(stord_word(&stord_buf[at & STORD_BUF_MASK]), len,
+				   &w->acc, &w->nst);
+	/* through memory (see stord_num_end): neither the test of nst nor the word's flags
+	 * may tie the state word's value to the kernel verifier's state */
+	stord_num_fd = w->nst;
+	w->nst = *(volatile __u32 *)&stord_num_fd;
+	if (fast)
+		return 0;
+	w->at = at;
+	return bpf_loop(len, stord_csv_take_byte, w, 0) < 0;
+}
+
+/* One step of the walk over a window: the next special byte through the state machine
+ * (after a read column's content before it), fetching the next word when the current one
+ * has no more. The walk goes a word at a time and never looks at the bytes between special
+ * ones of a column nobody reads; its next position never waits for the last one's work
+ * (the word's mask loses its lowest bit; the next word is 8 bytes on). The window ends at
+ * a quote after its last byte (stord_csv_window), or with its last word when it is full.
+ * Returns 1 at the window's end. */
+static long stord_csv_step(__u32 i, void *arg)
+{
+	struct stord_csv_walk *w = arg;
+	__u32 base = w->base, p, c, end;
+	__u64 m = w->m;
+
+	if (!m) {
+		base += 8;
+		w->base = base;
+		m = stord_csv_specials(stord_word(&stord_buf[base & STORD_BUF_MASK]));
+		if (!m)
+			return 0;
+	}
+	p = base + stord_first(m);
+	w->m = m & (m - 1);
+	c = stord_buf[p & STORD_BUF_MASK];
+	if (stord_csv_wanted(w->column)) {
+		if (stord_csv_take(w, p)) {
+			w->error = 1;
+			return 1;
+		}
+		end = stord_csv_byte_in(p, w, c, w->fl, 1);
+	} else {
+		end = stord_csv_byte_in(p, w, c, w->fl, 0);
+	}
+	/* cs = n + 1 tells stord_csv_window that the walk got to the end */
+	w->cs = p + 1;
+	return end;
+}
+
+/* One window of the chunk: load it, then step through it: at most a step per word and
+ * one per byte. */
 static long stord_csv_window(__u32 widx, void *arg)
 {
 	struct stord_csv_walk *w = arg;
 	int n = stord_window(w->ctx, widx, w->len);
+	__u32 steps;
 
-	if (n < 0 || bpf_loop(n, stord_csv_byte, w, 0) < 0) {
+	if (n < 0) {
+		w->error = 1;
+		return 1;
+	}
+	stord_buf[n & STORD_BUF_MASK] = '"'; /* a special byte after the last */
+	w->n = n;
+	/* separate loads of stord_zero: the verifier links registers loaded from one, and a
+	 * test of m (0 at first) would then make cs a known 0 */
+	w->base = *(volatile __u32 *)&stord_zero - 8;
+	w->m = 0;
+	w->cs = *(volatile __u32 *)&stord_zero;
+	steps = n + n / 8 + 2;
+	if (bpf_loop(steps, stord_csv_step, w, 0) < 0 || w->error || w->cs != (__u32)n + 1) {
 		w->error = 1;
 		return 1;
 	}

@@ -7,6 +7,11 @@ For each instruction it knows, per register, one of
     ("S",)          somewhere in the stack, offset unknown
     ("m", i, off)   map_base(i) + off
     ("M", i)        somewhere in map i's address window, offset unknown
+and, after the registers, what the frame's 8-byte spill slots hold ({r10 offset: kind}): clang
+spills a pointer (a bpf_loop callback's context, say) when registers run short, and a pointer
+filled back from a slot keeps its kind. A slot is forgotten on any write that may reach it
+(a store of another size over it, a store through a pointer that may point into the stack)
+and on every call (a callee may write the caller's frame through a pointer it was given).
 The translator uses this only to choose code: an access whose target is known statically
 (a spill slot r10-8, a global at a constant offset, a .rodata parameter) gets no run-time
 check at all, one with a known region gets a single inline range check with the generic
@@ -21,7 +26,8 @@ from stord.program import isa
 from stord.program.isa import Insn
 
 Kind = tuple | None
-State = list  # 11 kinds, r0..r10
+State = list  # 11 kinds, r0..r10, then the spill slots (a dict, replaced, never changed)
+SPILLS = 11
 
 M64 = (1 << 64) - 1
 MAP_LOOKUP_ELEM = 1
@@ -84,7 +90,7 @@ def analyse(insns: list[Insn], start: int, end: int, leaders: set[int],
     the translator asks about). `args`: what r1, r2... are known to be on entry (see
     callee_kind); `chunk`: the code runs chunks, so the context holds CTX_CONSTANTS."""
     entry: State = [("c", 0), *(list(args) + [None] * 5)[:5], ("c", 0), ("c", 0), ("c", 0),
-                    ("c", 0), ("s", 0)]
+                    ("c", 0), ("s", 0), {}]
     block_in: dict[int, State] = {start: entry}
     work = [start]
     out: dict[int, State] = {}
@@ -107,6 +113,8 @@ def analyse(insns: list[Insn], start: int, end: int, leaders: set[int],
                     if cls == _JMP:
                         out[pc] = list(state)
                         state[0] = _call_r0(ins, state, map_handles)
+                        if state[SPILLS]:
+                            state[SPILLS] = {}
                 elif jop == _EXIT:
                     break
                 elif jop == _JA:
@@ -129,6 +137,8 @@ def analyse(insns: list[Insn], start: int, end: int, leaders: set[int],
                     field = ((k[1] + ins.off) & M64) - base.CTX_BASE
                     state[ins.dst] = ("c", CTX_CONSTANTS[field]) if field in CTX_CONSTANTS \
                         else None
+                elif op == _FILL and k is not None and k[0] == "s":
+                    state[ins.dst] = state[SPILLS].get(k[1] + ins.off)
                 else:
                     state[ins.dst] = None
             elif cls == _ALU64:
@@ -144,6 +154,8 @@ def analyse(insns: list[Insn], start: int, end: int, leaders: set[int],
                     state[ins.dst] = None
             elif cls == _STX:
                 out[pc] = list(state)
+                if state[SPILLS] or op == _SPILL:
+                    _store(state, ins)
                 if op & 0xE0 == _ATOMIC:
                     if ins.imm == _CMPXCHG:
                         state[0] = None
@@ -151,6 +163,8 @@ def analyse(insns: list[Insn], start: int, end: int, leaders: set[int],
                         state[ins.src] = None
             elif cls == _ST:
                 out[pc] = list(state)
+                if state[SPILLS]:
+                    _store(state, ins)
             if nxt >= end:
                 break
             if nxt in leaders:
@@ -168,6 +182,41 @@ _CMPXCHG, _FETCH, _CALL, _EXIT, _JA, _LDDW = (isa.CMPXCHG, isa.FETCH, isa.CALL, 
                                               isa.JA, isa.LDDW)
 
 
+_FILL = isa.LDX | isa.MEM | isa.DW
+_SPILL = isa.STX | isa.MEM | isa.DW
+_STACK_LO = base.STACK_TOP - base.MAX_CALL_DEPTH * isa.STACK_SIZE
+
+
+def _store(st: State, ins: Insn) -> None:
+    """The spill slots after a store (ST or STX, atomics too) at dst + off."""
+    a = st[ins.dst]
+    size = isa.SIZE_BYTES[ins.op & 0x18]
+    if a is not None and a[0] == "s":
+        at = a[1] + ins.off
+        slots = {o: k for o, k in st[SPILLS].items() if o + 8 <= at or at + size <= o}
+        if ins.op == _SPILL and st[ins.src] is not None:
+            slots[at] = st[ins.src]
+        st[SPILLS] = slots
+        return
+    if a is not None and a[0] in ("c", "m"):
+        # a known address: it reaches the stack only if it is in the stack's window
+        at = ((a[1] if a[0] == "c" else base.map_base(a[1]) + a[2]) + ins.off) & M64
+        if at + size <= _STACK_LO or at >= base.STACK_TOP:
+            return
+    st[SPILLS] = {}   # somewhere in the stack, or anywhere
+
+
+def _meet_spills(a: dict, b: dict) -> dict:
+    if a is b or a == b:
+        return a
+    out = {}
+    for o, k in a.items():
+        m = meet(k, b.get(o))
+        if m is not None:
+            out[o] = m
+    return out
+
+
 def _merge(block_in: dict[int, State], work: list[int], t: int, state: State) -> None:
     old = block_in.get(t)
     if old is None:
@@ -176,7 +225,7 @@ def _merge(block_in: dict[int, State], work: list[int], t: int, state: State) ->
         return
     if old == state:
         return
-    new = list(map(meet, old, state))
+    new = [*map(meet, old[:SPILLS], state[:SPILLS]), _meet_spills(old[SPILLS], state[SPILLS])]
     if new != old:
         block_in[t] = new
         work.append(t)
