@@ -184,6 +184,7 @@ static const __u64 stord_num_limit[STORD_MAX_SCALE + 1] = {
 
 /* stord_num_end's values passed through memory (see there). */
 __u32 stord_num_fd STORD_SCRATCH;
+__u64 stord_num_acc STORD_SCRATCH;
 
 /* Digits past the first 19: exact (rare; out of line in spirit). */
 static __always_inline void stord_num_digit_slow(__u64 *acc, __u32 *s, __u32 d, __u32 scale)
@@ -420,6 +421,8 @@ static __always_inline void stord_csv_content(__u32 c, __u32 column, __u64 *acc,
 		 * the loop around this apart */
 		stord_num_fd = *nst;
 		*nst = *(volatile __u32 *)&stord_num_fd;
+		stord_num_acc = *acc;
+		*acc = *(volatile __u64 *)&stord_num_acc;
 		stord_num_feed(acc, nst, c, scale);
 	}
 	if (key_col >= 0 && column == (__u32)key_col)
@@ -471,6 +474,12 @@ struct stord_csv_walk {
 	__u32 at;    /* where stord_csv_take_byte reads */
 	__u64 m;     /* the current word's special bytes not yet taken */
 };
+
+/* Where stord_csv_window passes the walk's loop state through memory (see there). */
+struct {
+	__u64 acc;
+	__u32 nst, column, fl, start;
+} stord_csv_mem STORD_SCRATCH;
 
 /* A byte of a read column that is content: not a quote, so the next quote is not doubled. */
 static __always_inline void stord_csv_read_byte(struct stord_csv_walk *w, __u32 c, __u32 fl)
@@ -585,6 +594,8 @@ static __always_inline int stord_csv_take(struct stord_csv_walk *w, __u32 end)
 	 * may tie the state word's value to the kernel verifier's state */
 	stord_num_fd = w->nst;
 	w->nst = *(volatile __u32 *)&stord_num_fd;
+	stord_num_acc = w->acc;
+	w->acc = *(volatile __u64 *)&stord_num_acc;
 	if (fast)
 		return 0;
 	w->at = at;
@@ -642,6 +653,19 @@ static long stord_csv_window(__u32 widx, void *arg)
 	}
 	stord_buf[n & STORD_BUF_MASK] = '"'; /* a special byte after the last */
 	w->n = n;
+	/* The loop state through memory, which the kernel verifier does not track: the step
+	 * loop can end in many states, and without this it would walk the next window from
+	 * each of them (the jit forwards the stores to the loads: a few stores per window). */
+	stord_csv_mem.acc = w->acc;
+	w->acc = *(volatile __u64 *)&stord_csv_mem.acc;
+	stord_csv_mem.nst = w->nst;
+	w->nst = *(volatile __u32 *)&stord_csv_mem.nst;
+	stord_csv_mem.column = w->column;
+	w->column = *(volatile __u32 *)&stord_csv_mem.column;
+	stord_csv_mem.fl = w->fl;
+	w->fl = *(volatile __u32 *)&stord_csv_mem.fl;
+	stord_csv_mem.start = w->start;
+	w->start = *(volatile __u32 *)&stord_csv_mem.start;
 	/* separate loads of stord_zero: the verifier links registers loaded from one, and a
 	 * test of m (0 at first) would then make cs a known 0 */
 	w->base = *(volatile __u32 *)&stord_zero - 8;
