@@ -33,6 +33,7 @@ from pathlib import Path
 
 from stord.engines.base import Engine
 from stord.engines.hook.engine import HookEngine
+from stord.engines.jit import compile as jit_compile
 from stord.engines.jit.engine import JitEngine
 from stord.engines.kernel.engine import KernelEngine
 from stord.program.asm import assemble
@@ -132,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     prog = load_object(builtin_object("stats")).with_params(col=2, header=1, scale=2)
     plain_read(path)   # warm (ramfs is always resident; this warms the caches)
     t_read, _ = best(lambda: plain_read(path), a.repeat)
+    # The jit's O2 code first, as the daemon has it after a program's first query (the
+    # first tier serves until then; under TCG its O2 compile takes seconds).
+    JitEngine().load(prog).close()
+    jit_compile.wait_for_upgrades(600)
     t_jit, s_jit = best(lambda: read_and_run(JitEngine(), prog, path, size), a.repeat)
     t_kernel, s_kernel = best(lambda: read_and_run(KernelEngine(), prog, path, size), a.repeat)
     t_hook, s_hook = best(lambda: hook_run(prog, path, size), a.repeat)
