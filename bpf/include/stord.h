@@ -99,6 +99,11 @@ __u8 stord_buf[2 * STORD_WINDOW + 8] STORD_SCRATCH;
  * of a literal 0 keeps those values "unknown", so the states match. One load per reset. */
 __u32 stord_zero STORD_SCRATCH;
 
+/* x passed through the global mem: the kernel verifier does not track values in global
+ * memory, so afterwards it knows nothing of x and cannot keep apart loop iterations that
+ * differ only in x (the jit's LLVM forwards the store to the load: one store remains). */
+#define STORD_FORGET(mem, x) ((mem) = (x), (x) = *(volatile __typeof__(mem) *)&(mem))
+
 /* Window widx of a chunk of len bytes into stord_buf; returns its length (1..STORD_WINDOW),
  * or -1 (past the end, or the helper failed: return STORD_ERROR). For the two-level walk:
  * an outer bpf_loop over the windows calls this, then an inner bpf_loop over the window,
@@ -319,14 +324,12 @@ static __always_inline int stord_num_end(__u64 acc, __u32 st, __u32 scale, __s64
 		fd = nd - ((st / STORD_NUM_AT_DOT) & 0xfff);
 	/* through memory: the tables' index must not tie the state word's value to the
 	 * kernel verifier's state (it would tell apart every digit count and not converge) */
-	stord_num_fd = fd;
-	fd = *(volatile __u32 *)&stord_num_fd;
+	STORD_FORGET(stord_num_fd, fd);
 	/* the usual number (digits, nothing bad, no fraction digits past the scale) first */
 	if ((st & (STORD_NUM_BAD | STORD_NUM_OVF)) || st < STORD_NUM_ND || fd > scale) {
 		/* the tests above must not decide those below for the verifier (a decided
 		 * branch ties its register's value to the state, see stord_num_fd) */
-		stord_num_fd = st;
-		st = *(volatile __u32 *)&stord_num_fd;
+		STORD_FORGET(stord_num_fd, st);
 		nd = st / STORD_NUM_ND;
 		if (st == 0)
 			return STORD_NUM_EMPTY;
@@ -419,10 +422,8 @@ static __always_inline void stord_csv_content(__u32 c, __u32 column, __u64 *acc,
 		/* through memory (see stord_num_end): past 19 digits the feed's tests decide
 		 * the digit count for the verifier, which would then walk every iteration of
 		 * the loop around this apart */
-		stord_num_fd = *nst;
-		*nst = *(volatile __u32 *)&stord_num_fd;
-		stord_num_acc = *acc;
-		*acc = *(volatile __u64 *)&stord_num_acc;
+		STORD_FORGET(stord_num_fd, *nst);
+		STORD_FORGET(stord_num_acc, *acc);
 		stord_num_feed(acc, nst, c, scale);
 	}
 	if (key_col >= 0 && column == (__u32)key_col)
@@ -592,10 +593,8 @@ static __always_inline int stord_csv_take(struct stord_csv_walk *w, __u32 end)
 				   &w->acc, &w->nst);
 	/* through memory (see stord_num_end): neither the test of nst nor the word's flags
 	 * may tie the state word's value to the kernel verifier's state */
-	stord_num_fd = w->nst;
-	w->nst = *(volatile __u32 *)&stord_num_fd;
-	stord_num_acc = w->acc;
-	w->acc = *(volatile __u64 *)&stord_num_acc;
+	STORD_FORGET(stord_num_fd, w->nst);
+	STORD_FORGET(stord_num_acc, w->acc);
 	if (fast)
 		return 0;
 	w->at = at;
@@ -656,16 +655,11 @@ static long stord_csv_window(__u32 widx, void *arg)
 	/* The loop state through memory, which the kernel verifier does not track: the step
 	 * loop can end in many states, and without this it would walk the next window from
 	 * each of them (the jit forwards the stores to the loads: a few stores per window). */
-	stord_csv_mem.acc = w->acc;
-	w->acc = *(volatile __u64 *)&stord_csv_mem.acc;
-	stord_csv_mem.nst = w->nst;
-	w->nst = *(volatile __u32 *)&stord_csv_mem.nst;
-	stord_csv_mem.column = w->column;
-	w->column = *(volatile __u32 *)&stord_csv_mem.column;
-	stord_csv_mem.fl = w->fl;
-	w->fl = *(volatile __u32 *)&stord_csv_mem.fl;
-	stord_csv_mem.start = w->start;
-	w->start = *(volatile __u32 *)&stord_csv_mem.start;
+	STORD_FORGET(stord_csv_mem.acc, w->acc);
+	STORD_FORGET(stord_csv_mem.nst, w->nst);
+	STORD_FORGET(stord_csv_mem.column, w->column);
+	STORD_FORGET(stord_csv_mem.fl, w->fl);
+	STORD_FORGET(stord_csv_mem.start, w->start);
 	/* separate loads of stord_zero: the verifier links registers loaded from one, and a
 	 * test of m (0 at first) would then make cs a known 0 */
 	w->base = *(volatile __u32 *)&stord_zero - 8;
