@@ -384,7 +384,7 @@ struct stord_record {
 
 #define STORD_CSV_INQ 1u  /* inside a quoted field */
 #define STORD_CSV_PQ 2u   /* the previous byte was a quote (stord_csv.fl) */
-#define STORD_CSV_NPQ 2u  /* ...was not (the walk's fl: one OR per byte of a read column) */
+#define STORD_CSV_NPQ 2u  /* ...was not (the walk's fl: one OR per run of content) */
 #define STORD_CSV_SEEN 4u /* the record has a byte other than CR (stord_csv.fl only) */
 
 struct stord_csv {
